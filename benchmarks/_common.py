@@ -1,0 +1,24 @@
+"""Paths and helpers shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+WORK = ROOT / "benchmarks" / "work"  # artifacts (git-ignored); only results are committed
+SHARED = Path(os.environ.get("EDGEKIT_SHARED", ROOT.parent / "shared"))
+CIFAR = Path(os.environ.get("EDGEKIT_CIFAR10", SHARED / "datasets" / "cifar10-jpeg"))
+WEIGHTS = Path(os.environ.get("EDGEKIT_WEIGHTS", SHARED / "weights" / "resnet-cifar10"))
+
+
+def require_shared() -> None:
+    if not (CIFAR / "test").is_dir() or not WEIGHTS.is_dir():
+        sys.exit(f"shared data not found (CIFAR-10 at {CIFAR}, weights at {WEIGHTS}); "
+                 "set EDGEKIT_SHARED or EDGEKIT_CIFAR10/EDGEKIT_WEIGHTS")
+
+
+def weights(depth: int) -> Path:
+    return next(WEIGHTS.glob(f"resnet{depth}-*.th"))

@@ -1,0 +1,83 @@
+"""Latency and throughput through any Runner: warm-up, interleaved passes, median and p90.
+
+Shared machines are noisy: configurations compared in one run are timed interleaved
+(A B A B ...) over several passes so a slow spell hits all of them, not one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+__all__ = ["TimingConfig", "Timing", "time_runners"]
+
+
+@dataclass
+class TimingConfig:
+    warmup: int = 10           # calls per runner before the first timed pass
+    iters: int = 100           # timed batch-1 calls per runner, split over passes
+    passes: int = 5            # interleaved rounds
+    throughput_batch: int = 32  # batch size for the throughput measurement
+    throughput_iters: int = 10  # timed calls at that batch size, split over passes
+
+
+@dataclass
+class Timing:
+    latency_ms_p50: float
+    latency_ms_p90: float
+    latency_ms_mean: float
+    throughput_ips: float
+    iters: int
+    warmup: int
+    throughput_batch: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def time_runners(runners: Sequence[Callable[[np.ndarray], np.ndarray]], sample: np.ndarray,
+                 cfg: TimingConfig | None = None,
+                 progress: Callable[[], None] | None = None) -> list[Timing]:
+    """Time each runner at batch 1 and at cfg.throughput_batch on the same real input.
+
+    `sample` is one normalized image batch (N >= 1); batch-1 calls use its first image and
+    throughput calls tile it to the throughput batch size.
+    """
+    cfg = cfg or TimingConfig()
+    one = np.ascontiguousarray(sample[:1])
+    reps = -(-cfg.throughput_batch // len(sample))
+    big = np.ascontiguousarray(np.concatenate([sample] * reps)[: cfg.throughput_batch])
+    lat: list[list[float]] = [[] for _ in runners]
+    thr: list[list[float]] = [[] for _ in runners]
+    for r in runners:
+        for _ in range(cfg.warmup):
+            r(one)
+        r(big)
+    per_pass = max(1, cfg.iters // cfg.passes)
+    per_pass_thr = max(1, cfg.throughput_iters // cfg.passes)
+    for _ in range(cfg.passes):
+        for i, r in enumerate(runners):
+            for _ in range(per_pass):
+                t0 = time.perf_counter()
+                r(one)
+                lat[i].append(time.perf_counter() - t0)
+            for _ in range(per_pass_thr):
+                t0 = time.perf_counter()
+                r(big)
+                thr[i].append(time.perf_counter() - t0)
+            if progress:
+                progress()
+    out = []
+    for times, big_times in zip(lat, thr):
+        ms = np.array(times) * 1e3
+        out.append(Timing(
+            latency_ms_p50=float(np.percentile(ms, 50)),
+            latency_ms_p90=float(np.percentile(ms, 90)),
+            latency_ms_mean=float(ms.mean()),
+            throughput_ips=float(cfg.throughput_batch / np.median(big_times)),
+            iters=len(times), warmup=cfg.warmup, throughput_batch=cfg.throughput_batch,
+        ))
+    return out

@@ -1,0 +1,280 @@
+"""export / verify / time every (backend, precision): the Python API behind the CLI."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ._io import check_out_dir, staged_dir
+from .backends import PRECISIONS, Artifact, ExportContext, get_backend
+from .bench import TimingConfig, time_runners
+from .env import environment
+from .errors import EdgekitError
+from .inputs import check_classes, parse_backends, parse_precisions, parse_threads
+from .progress import progress_bar
+from .report import Row, render_markdown, write_results
+from .verify import Tolerance, Verification, predict, verify
+
+__all__ = ["Prepared", "prepare", "export", "benchmark", "BenchmarkResult", "DEFAULT_BACKENDS"]
+
+log = logging.getLogger(__name__)
+DEFAULT_BACKENDS = ("torch", "onnxruntime", "openvino")
+
+
+@dataclass
+class Prepared:
+    """A loaded model, its card and the real images it will be checked on."""
+
+    module: Any
+    card: Any
+    data_name: str
+    eval_split: Any
+    calibration: Any | None
+    ref_logits: np.ndarray | None = None
+    labels: np.ndarray | None = None
+
+    def reference(self, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The source model's logits on the evaluation images (computed once)."""
+        if self.ref_logits is None:
+            from .backends.torch import TorchRunner
+            import torch
+            runner = TorchRunner(self.module, precision="fp32", threads=torch.get_num_threads())
+            self.ref_logits, self.labels = predict(runner, self.eval_split, self.card)
+        return self.ref_logits, self.labels
+
+
+def prepare(model: str | Path, *, data: str | Path | None, arch: str | None = None,
+            num_classes: int | None = None, trust_pickle: bool = False,
+            limit: int | None = 1000, calibration_images: int = 300, seed: int = 0) -> Prepared:
+    """Load the model and the dataset, check they fit each other, pick the image subsets."""
+    from .data import load_dataset
+    from .models import load_model
+
+    loaded = load_model(model, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle)
+    card = loaded.card
+    if data is None:
+        return Prepared(loaded.module, card, "", None, None)
+    ds = load_dataset(data, input_size=tuple(card.input_size), resize=card.resize)
+    check_classes(card.num_classes, ds.classes, str(data))
+    if not card.class_names:
+        card = card.with_(class_names=list(ds.classes))
+    eval_split = ds.evaluation(limit, seed=seed)
+    calib = ds.calibration(calibration_images, seed=seed)
+    return Prepared(loaded.module, card, str(data), eval_split, calib)
+
+
+@dataclass
+class _Entry:
+    backend: str
+    precision: str
+    status: str = "ok"
+    reason: str = ""
+    artifact: Artifact | None = None
+    verification: Verification | None = None
+    runners: dict[int, Any] = field(default_factory=dict)
+    executed: str = ""
+
+
+def _plan(backends: Sequence[str], precisions: Sequence[str]) -> list[_Entry]:
+    entries = []
+    for b in backends:
+        backend = get_backend(b)
+        for p in precisions:
+            e = _Entry(b, p)
+            why = backend.unavailable()
+            if why:
+                e.status, e.reason = "unavailable", why
+            elif (why := backend.unsupported(p)):
+                e.status, e.reason = "unsupported", why
+            entries.append(e)
+    return entries
+
+
+def _export_entries(prep: Prepared, entries: list[_Entry], out_dir: Path, advance) -> None:
+    ctx = ExportContext(prep.module, prep.card, out_dir, calibration=prep.calibration)
+    try:
+        for e in entries:
+            if e.status != "ok":
+                continue
+            advance(0, f"export {e.backend} {e.precision}")
+            try:
+                e.artifact = get_backend(e.backend).export(ctx, e.precision)
+            except EdgekitError as err:
+                e.status, e.reason = "export failed", str(err)
+            advance(1)
+    finally:
+        ctx.cleanup()
+
+
+def _verify_entries(prep: Prepared, entries: list[_Entry], threads: list[int],
+                    tol: Tolerance, advance) -> None:
+    ref, labels = prep.reference()
+    for e in entries:
+        if e.status != "ok":
+            continue
+        advance(0, f"verify {e.backend} {e.precision}")
+        backend = get_backend(e.backend)
+        try:
+            for t in threads:
+                e.runners[t] = backend.load(e.artifact, threads=t)
+            runner = e.runners[max(threads)]
+            e.executed = runner.executed
+            logits, _ = predict(runner, prep.eval_split, prep.card)
+            e.verification = verify(logits, ref, labels, e.precision, tol)
+        except Exception as err:  # noqa: BLE001 - an artifact that cannot run has failed its check
+            e.runners.clear()
+            e.status, e.reason = "verification failed", f"could not run: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+            advance(1)
+            continue
+        if not e.verification.passed:
+            e.status, e.reason = "verification failed", e.verification.reason
+        advance(1)
+
+
+def _rows(entries: list[_Entry], threads: list[int], timings: dict) -> list[Row]:
+    rows = []
+    for e in entries:
+        v = e.verification
+        details = {"reason": e.reason, "executed": e.executed,
+                   "artifact": str(e.artifact.path) if e.artifact else None,
+                   "top5": v.top5 if v else None, "max_abs_diff": v.max_abs_diff if v else None,
+                   "images": v.n if v else None, **(e.artifact.notes if e.artifact else {})}
+        for t in threads if e.runners else [None]:
+            tm = timings.get((id(e), t))
+            rows.append(Row(
+                backend=e.backend, precision=e.precision, status=e.status,
+                size_mb=round(e.artifact.size_mb, 3) if e.artifact else None,
+                top1=round(v.top1, 2) if v else None,
+                agreement=round(v.agreement, 4) if v else None,
+                latency_ms_p50=round(tm.latency_ms_p50, 4) if tm else None,
+                latency_ms_p90=round(tm.latency_ms_p90, 4) if tm else None,
+                throughput_ips=round(tm.throughput_ips, 1) if tm else None,
+                threads=t, details={**details, **({"timing": tm.to_dict()} if tm else {})}))
+    return rows
+
+
+@dataclass
+class BenchmarkResult:
+    rows: list[Row]
+    environment: dict
+    out: Path | None
+
+    def markdown(self, title: str = "edgekit benchmark") -> str:
+        return render_markdown(self.rows, title=title)
+
+
+def _moved(entries: list[_Entry], stage: Path, out: Path) -> None:
+    for e in entries:
+        if e.artifact:
+            e.artifact = e.artifact.moved(stage, out)
+
+
+def benchmark(model: str | Path, *, data: str | Path, out: str | Path, arch: str | None = None,
+              num_classes: int | None = None, trust_pickle: bool = False,
+              backends: Sequence[str] | str = DEFAULT_BACKENDS,
+              precisions: Sequence[str] | str = PRECISIONS, threads: Sequence[int] | str | int = (1,),
+              limit: int | None = 1000, calibration_images: int = 300, seed: int = 0,
+              timing: TimingConfig | None = None, tolerance: Tolerance | None = None,
+              progress: bool = True, title: str = "edgekit benchmark") -> BenchmarkResult:
+    """Export `model` to every backend x precision, verify each on real images, time it.
+
+    Every artifact is written under `out` with its model card, and `out` receives
+    results.json (one object per row, keys = ROW_KEYS), results.md, results.csv,
+    details.json and environment.json. A row is "ok" only if its artifact exported, ran
+    and agreed with the source model within `tolerance`.
+    """
+    backends, precisions = parse_backends(backends), parse_precisions(precisions)
+    threads = parse_threads(threads)
+    out = check_out_dir(Path(out))
+    timing = timing or TimingConfig()
+    prep = prepare(model, data=data, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle,
+                   limit=limit, calibration_images=calibration_images, seed=seed)
+    entries = _plan(backends, precisions)
+    live = [e for e in entries if e.status == "ok"]
+    with staged_dir(out) as stage, progress_bar(3 * len(live) + 1, "benchmark", enabled=progress) as adv:
+        adv(0, "reference (torch source model)")
+        prep.reference()
+        adv(1)
+        _export_entries(prep, entries, stage, adv)
+        _verify_entries(prep, entries, threads, tolerance or Tolerance(), adv)
+        timed = [(e, t) for e in entries for t in sorted(e.runners)]
+        sample = next(prep.eval_split.batches(timing.throughput_batch, mean=prep.card.mean,
+                                              std=prep.card.std))[0].numpy()
+        adv(0, "timing (interleaved passes)")
+        results = time_runners([e.runners[t] for e, t in timed], sample, timing,
+                               progress=lambda: None)
+        adv(len(live))
+        timings = {(id(e), t): tm for (e, t), tm in zip(timed, results)}
+        _moved(entries, stage, out)
+        rows = _rows(entries, threads, timings)
+        env = environment(
+            model=str(model), arch=prep.card.arch, data=str(data), eval_images=len(prep.eval_split),
+            input_size=list(prep.card.input_size), mean=list(prep.card.mean), std=list(prep.card.std),
+            calibration_images=len(prep.calibration) if prep.calibration else 0, seed=seed,
+            timing=timing.__dict__, threads=threads,
+            openvino_default_precision=_ov_default(backends))
+        write_results(stage, rows, env, title=title, footer=_footer(env))
+    return BenchmarkResult(rows, env, out)
+
+
+def _ov_default(backends: Sequence[str]) -> str | None:
+    if "openvino" not in backends:
+        return None
+    try:
+        from .backends.openvino import default_inference_precision
+        return default_inference_precision()
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _footer(env: dict) -> str:
+    t = env["timing"]
+    lines = [f"Model {env['model']} ({env['arch']}), data {env['data']}: {env['eval_images']} "
+             f"evaluation images, {env['calibration_images']} calibration images (seed {env['seed']}).",
+             f"Latency: batch 1, {t['warmup']} warm-up calls, {t['iters']} timed calls in "
+             f"{t['passes']} interleaved passes; throughput at batch {t['throughput_batch']}.",
+             f"CPU: {env['cpu']['model']} ({', '.join(env['cpu']['isa'])}); "
+             f"torch {env['versions']['torch']}, onnxruntime {env['versions']['onnxruntime']}, "
+             f"openvino {env['versions']['openvino']}, nncf {env['versions']['nncf']}."]
+    if env.get("openvino_default_precision"):
+        lines.append(f"OpenVINO's default CPU inference precision here is "
+                     f"{env['openvino_default_precision']}; fp32 rows were compiled with the f32 "
+                     "hint, fp16/int8 rows with the default (see 'executed').")
+    return "\n".join(lines)
+
+
+def export(model: str | Path, *, out: str | Path, data: str | Path | None = None,
+           arch: str | None = None, num_classes: int | None = None, trust_pickle: bool = False,
+           backends: Sequence[str] | str = ("onnxruntime", "openvino"),
+           precisions: Sequence[str] | str = ("fp32",), limit: int | None = 1000,
+           calibration_images: int = 300, seed: int = 0, tolerance: Tolerance | None = None,
+           progress: bool = True) -> list[Row]:
+    """Export and verify (no timing). `data` is required: every artifact is checked on real
+    images against the source model before it is reported, and INT8 needs calibration images."""
+    backends, precisions = parse_backends(backends), parse_precisions(precisions)
+    out = check_out_dir(Path(out))
+    if data is None:
+        from .errors import InputError
+        raise InputError("export verifies every artifact on real images: pass --data DIR "
+                         "(a folder of class folders, or 'digits')")
+    prep = prepare(model, data=data, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle,
+                   limit=limit, calibration_images=calibration_images, seed=seed)
+    entries = _plan(backends, precisions)
+    live = [e for e in entries if e.status == "ok"]
+    with staged_dir(out) as stage, progress_bar(2 * len(live) + 1, "export", enabled=progress) as adv:
+        prep.reference()
+        adv(1)
+        _export_entries(prep, entries, stage, adv)
+        _verify_entries(prep, entries, [1], tolerance or Tolerance(), adv)
+        _moved(entries, stage, out)
+        rows = _rows(entries, [1], {})
+        for r in rows:
+            r.threads = None
+        env = environment(model=str(model), arch=prep.card.arch, data=str(data),
+                          eval_images=len(prep.eval_split), seed=seed)
+        write_results(stage, rows, env, title="edgekit export")
+    return rows

@@ -1,0 +1,41 @@
+"""Named errors. The CLI prints any EdgekitError as one line and exits with code 2."""
+
+from __future__ import annotations
+
+__all__ = [
+    "EdgekitError",
+    "InputError",
+    "ModelLoadError",
+    "DataError",
+    "ExportError",
+    "UnavailableError",
+    "ConfigError",
+]
+
+
+class EdgekitError(Exception):
+    """Base class: a problem with the user's input or environment, reported without a traceback."""
+
+
+class InputError(EdgekitError):
+    """A bad argument: unknown name, out-of-range value, output path that is a file."""
+
+
+class ModelLoadError(EdgekitError):
+    """A model file that is missing, corrupt, untrusted or does not match its architecture."""
+
+
+class DataError(EdgekitError):
+    """A dataset folder without classes or images, or an image that cannot be decoded."""
+
+
+class ExportError(EdgekitError):
+    """An exporter failed; benchmark rows catch it and report "export failed"."""
+
+
+class UnavailableError(EdgekitError):
+    """A runtime or SDK that is not installed here (e.g. TensorRT); rows read "unavailable"."""
+
+
+class ConfigError(EdgekitError):
+    """A YAML file (profile, recipe) that fails validation; the message names the field."""

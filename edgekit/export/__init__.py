@@ -1,0 +1,1 @@
+"""Model -> file converters shared by several backends (ONNX is the common interchange)."""

@@ -1,0 +1,94 @@
+"""Torch -> ONNX, checked with onnx.checker, with the model card in the file's metadata."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import ExportError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from ..models import ModelCard
+
+__all__ = ["export_onnx", "attach_card", "INPUT_NAME", "OUTPUT_NAME"]
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+_EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with headroom
+
+
+def export_onnx(module: "torch.nn.Module", card: "ModelCard", path: Path, *,
+                opset: int | None = None, dynamic_batch: bool = True) -> Path:
+    """Export `module` to ONNX at `path` (batch axis dynamic unless told otherwise).
+
+    The dynamo exporter is tried first (the maintained path); the legacy TorchScript exporter
+    is the fallback, since it handles some modules dynamo cannot trace.
+    """
+    import onnx
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x = torch.zeros(1, *card.input_size)
+    errors = []
+    for dynamo in (True, False):
+        try:
+            _export(module, x, path, opset=opset, dynamic_batch=dynamic_batch, dynamo=dynamo)
+            onnx.checker.check_model(str(path), full_check=False)
+            attach_card(path, card)
+            return path
+        except Exception as e:  # noqa: BLE001 - every exporter failure is reported, not raised raw
+            errors.append(f"{'dynamo' if dynamo else 'legacy'}: {type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}")
+    raise ExportError("ONNX export failed (" + "; ".join(errors) + ")")
+
+
+def _export(module, x, path: Path, *, opset, dynamic_batch: bool, dynamo: bool) -> None:
+    import torch
+
+    was_training = module.training
+    module.eval()
+    kwargs = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamo=dynamo)
+    if opset is not None:
+        kwargs["opset_version"] = opset
+    if dynamo:
+        if dynamic_batch:
+            kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=4096)},)
+        kwargs["verbose"] = False
+    elif dynamic_batch:
+        kwargs["dynamic_axes"] = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
+    big = sum(p.numel() * p.element_size() for p in module.state_dict().values()) > _EXTERNAL_DATA_BYTES
+    if dynamo:
+        kwargs["external_data"] = big
+    prev = logging.getLogger("torch.onnx").level
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            from ..backends.base import quiet
+            with quiet():
+                torch.onnx.export(module, (x,), str(path), **kwargs)
+    finally:
+        logging.getLogger("torch.onnx").setLevel(prev)
+        module.train(was_training)
+
+
+def attach_card(path: Path, card: "ModelCard") -> None:
+    """Store the model card in the ONNX metadata so the file describes itself."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    props["edgekit_card"] = json.dumps(card.to_dict())
+    del model.metadata_props[:]
+    for k, v in props.items():
+        model.metadata_props.add(key=k, value=v)
+    tmp = path.with_name(f".{path.name}.tmp")
+    onnx.save(model, str(tmp))
+    os.replace(tmp, path)

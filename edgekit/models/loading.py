@@ -1,0 +1,532 @@
+"""Load the model files users actually have, safely, and save models together with their card.
+
+Accepted: a zoo name (random init), torch.export archives (.pt2), TorchScript archives, edgekit
+checkpoints, bare state_dicts and training checkpoints holding one (with `arch`), and, only with
+`trust_pickle=True`, pickled whole modules. Files are recognised by content, not by suffix, and
+every failure is one ModelLoadError line that says what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+import types
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from ..errors import EdgekitError, ExportError, InputError, ModelLoadError
+from .card import IMAGENET_MEAN, IMAGENET_STD, ModelCard
+from .zoo import ARCHS, _resolve, get_model, parse_arch
+
+__all__ = ["LoadedModel", "load_model", "save_model", "CARD_FILE", "CHECKPOINT_FORMAT"]
+
+CARD_FILE = "edgekit_card.json"  # name of the card inside .pt2 / TorchScript archives
+CHECKPOINT_FORMAT = "edgekit-checkpoint"
+_STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "ema")
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
+_NOT_TORCH_SUFFIXES = {".onnx", ".xml", ".bin", ".engine", ".plan", ".tflite"}
+_MAX_NAMES = 5
+
+
+@dataclass
+class LoadedModel:
+    """A float32 CPU module in eval mode and the card describing its input and classes."""
+
+    module: nn.Module
+    card: ModelCard
+
+
+Loader = Callable[..., tuple[nn.Module, ModelCard]]
+
+
+# =========================================================================== load
+def load_model(
+    source: str | os.PathLike[str],
+    *,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    trust_pickle: bool = False,
+) -> LoadedModel:
+    """Load a model file, or build a zoo arch when `source` is a name rather than a file.
+
+    Args:
+        source: a file path, or a zoo name such as "cifar_resnet20" or "cifar_mobilenet_v2:width=0.5".
+        arch: the architecture for files holding weights only (state_dicts, training checkpoints).
+            A card stored in the file takes precedence.
+        num_classes: force the class count; by default it is read from the weights.
+        trust_pickle: allow unpickling arbitrary Python objects (can execute code).
+
+    Raises:
+        ModelLoadError: missing, corrupt or untrusted file, or weights that do not fit `arch`.
+        InputError: unknown arch name or option.
+    """
+    path = Path(source)
+    if not path.exists():
+        if _names_zoo_arch(str(source)):
+            module, card = get_model(str(source), num_classes=num_classes)
+            return LoadedModel(module, card)
+        raise ModelLoadError(f"model file not found: {path}")
+    if path.is_dir():
+        raise ModelLoadError(f"{path} is a directory, not a model file")
+    loader = _LOADERS[_sniff(path)]
+    module, card = loader(path, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle)
+    module = module.to("cpu").float()
+    module.eval()
+    return LoadedModel(module, card.with_(source=str(path)))
+
+
+def _names_zoo_arch(text: str) -> bool:
+    try:
+        name, _ = parse_arch(text)
+    except InputError:
+        return False
+    return name in ARCHS
+
+
+def _sniff(path: Path) -> str:
+    """Which loader a file needs: "export", "torchscript" or "pickle" (torch.save, either format)."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if not head:
+        raise ModelLoadError(f"cannot read model file {path}: the file is empty")
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except (zipfile.BadZipFile, OSError):
+            raise ModelLoadError(f"cannot read model file {path}: truncated or corrupt zip archive") from None
+        if any(n.endswith("/archive_format") for n in names):
+            return "export"
+        if any("/code/" in n or n.endswith("/constants.pkl") for n in names):
+            return "torchscript"
+        if any(n.endswith("data.pkl") for n in names):
+            return "pickle"
+        raise ModelLoadError(f"cannot read model file {path}: a zip archive that is not a PyTorch model")
+    if head[:1] == b"\x80":  # pickle PROTO opcode: legacy torch.save (e.g. the shared .th files)
+        return "pickle"
+    raise ModelLoadError(f"cannot read model file {path}: not a PyTorch file (unrecognised header)")
+
+
+# --------------------------------------------------------------------------- archives
+def _load_export(
+    path: Path, *, arch: str | None, num_classes: int | None, **_: Any
+) -> tuple[nn.Module, ModelCard]:
+    extra = {CARD_FILE: ""}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.load(str(path), extra_files=extra)
+        module = _pin_eval(program.module())
+    except Exception as exc:  # noqa: BLE001 - any failure here means an unreadable archive
+        raise ModelLoadError(f"cannot read model file {path}: {_short(exc)}") from None
+    card = _stored_card(extra, path)
+    if card is None:
+        input_size, out_classes = _program_shapes(program)
+        card = _card_for_module(
+            module, path, arch=arch, num_classes=num_classes, input_size=input_size, out_classes=out_classes
+        )
+    return module, card
+
+
+def _program_shapes(program: Any) -> tuple[tuple[int, int, int] | None, int | None]:
+    """(C, H, W) of the first user input and the class count of the first output, when static."""
+    user_inputs = set(program.graph_signature.user_inputs)
+    input_size = out_classes = None
+    for node in program.graph.nodes:
+        val = node.meta.get("val")
+        if node.op == "placeholder" and node.name in user_inputs and input_size is None:
+            input_size = _static(getattr(val, "shape", ())[1:], 3)
+        elif node.op == "output":
+            first = node.args[0][0] if node.args and node.args[0] else None
+            shape = getattr(getattr(first, "meta", {}).get("val"), "shape", ())
+            dims = _static(shape[1:], 1)
+            out_classes = dims[0] if dims else None
+    return input_size, out_classes  # type: ignore[return-value]
+
+
+def _static(dims: Any, n: int) -> tuple[int, ...] | None:
+    try:
+        values = tuple(int(d) for d in dims)
+    except (TypeError, ValueError, RuntimeError):
+        return None  # symbolic size
+    return values if len(values) == n else None
+
+
+def _pin_eval(module: nn.Module) -> nn.Module:
+    """An exported program is fixed in the mode it was exported in (eval): make eval() a no-op.
+
+    torch.export's module() raises on both train() and eval(); callers routinely call eval().
+    """
+    for sub in module.modules():
+        sub.training = False
+
+    def _train(self: nn.Module, mode: bool = True) -> nn.Module:
+        if mode:
+            raise InputError(
+                "a torch.export program (.pt2) is fixed in eval mode and cannot be trained; "
+                "fine-tune from a checkpoint (.pt) instead"
+            )
+        return self
+
+    def _eval(self: nn.Module) -> nn.Module:
+        return self
+
+    module.train = types.MethodType(_train, module)  # type: ignore[method-assign]
+    module.eval = types.MethodType(_eval, module)  # type: ignore[method-assign]
+    return module
+
+
+def _load_torchscript(
+    path: Path, *, arch: str | None, num_classes: int | None, **_: Any
+) -> tuple[nn.Module, ModelCard]:
+    extra = {CARD_FILE: ""}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"cannot read model file {path}: {_short(exc)}") from None
+    module.eval()
+    card = _stored_card(extra, path) or _card_for_module(module, path, arch=arch, num_classes=num_classes)
+    return module, card
+
+
+def _stored_card(extra: Mapping[str, Any], path: Path) -> ModelCard | None:
+    text = extra.get(CARD_FILE)
+    if not text:
+        return None
+    try:
+        return ModelCard.from_json(text)
+    except ValueError as exc:
+        raise ModelLoadError(f"invalid model card inside {path}: {_short(exc)}") from None
+
+
+def _card_for_module(
+    module: nn.Module,
+    path: Path,
+    *,
+    arch: str | None,
+    num_classes: int | None,
+    input_size: tuple[int, int, int] | None = None,
+    out_classes: int | None = None,
+) -> ModelCard:
+    """A card for a module whose file stored none: from `arch`, else from a known input shape."""
+    if arch is not None:
+        name, options = parse_arch(arch)
+        spec = ARCHS.get(_resolve(name))
+        size = spec.default_card(spec.default_num_classes, **options).input_size
+        classes = out_classes or _probe_classes(module, size, path)
+        card = spec.default_card(classes, **options).with_(arch=spec.name, arch_kwargs=options)
+    elif input_size is not None:
+        classes = out_classes or _probe_classes(module, input_size, path)
+        card = ModelCard(
+            num_classes=classes,
+            input_size=input_size,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            notes={"assumed": "the file stores no normalization; ImageNet mean/std assumed (pass --arch to set it)"},
+        )
+    else:
+        raise ModelLoadError(
+            f"{path} does not record its input size or normalization; "
+            "pass --arch NAME with matching preprocessing (see `edgekit models`)"
+        )
+    if num_classes is not None and num_classes != card.num_classes:
+        raise ModelLoadError(f"{path} outputs {card.num_classes} classes, not {num_classes}")
+    return card
+
+
+def _probe_classes(module: nn.Module, input_size: tuple[int, int, int], path: Path) -> int:
+    try:
+        with torch.no_grad():
+            out = module(torch.zeros(1, *input_size))
+    except Exception as exc:  # noqa: BLE001
+        size = "x".join(map(str, input_size))
+        raise ModelLoadError(f"{path}: forward on a 1x{size} input failed: {_short(exc)}") from None
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        raise ModelLoadError(f"{path}: the model does not return a (batch, classes) tensor")
+    return int(out.shape[1])
+
+
+# --------------------------------------------------------------------------- torch.save files
+def _load_pickle(
+    path: Path, *, arch: str | None, num_classes: int | None, trust_pickle: bool
+) -> tuple[nn.Module, ModelCard]:
+    return _from_object(_torch_load(path, trust_pickle), path, arch=arch, num_classes=num_classes)
+
+
+def _torch_load(path: Path, trust_pickle: bool) -> Any:
+    """torch.load with weights_only=True; arbitrary objects only when the user trusts the file."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" not in str(exc):
+            raise ModelLoadError(f"cannot read model file {path}: {_short(exc)}") from None
+        if not trust_pickle:
+            raise ModelLoadError(
+                f"{path} contains pickled Python objects (e.g. a whole nn.Module), which can execute code "
+                "when loaded; re-run with --trust-pickle only if you trust its source, or save a state_dict instead"
+            ) from None
+    except Exception as exc:  # noqa: BLE001 - corrupt files fail in many ways
+        raise ModelLoadError(f"cannot read model file {path}: {_short(exc)}") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=False)
+    except (ImportError, AttributeError) as exc:
+        raise ModelLoadError(
+            f"cannot read model file {path}: {_short(exc)} (the pickled classes must be importable)"
+        ) from None
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"cannot read model file {path}: {_short(exc)}") from None
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    )
+
+
+def _is_model_or_state(obj: Any) -> bool:
+    return isinstance(obj, nn.Module) or _is_state_dict(obj)
+
+
+def _from_object(obj: Any, path: Path, *, arch: str | None, num_classes: int | None) -> tuple[nn.Module, ModelCard]:
+    if isinstance(obj, nn.Module):  # only reachable with trust_pickle
+        obj.eval()
+        return obj, _card_for_module(obj, path, arch=arch, num_classes=num_classes)
+    if not isinstance(obj, Mapping):
+        raise ModelLoadError(f"{path} holds a {type(obj).__name__}, not a model or a state_dict")
+    if obj.get("format") == CHECKPOINT_FORMAT:
+        return _from_checkpoint(obj, path)
+    state = obj
+    if not _is_state_dict(obj):
+        key = next((k for k in _STATE_DICT_KEYS if _is_model_or_state(obj.get(k))), None)
+        if key is None:
+            raise ModelLoadError(
+                f"{path} holds no model: a dict with keys {_few([str(k) for k in obj])}; expected a state_dict "
+                f"or a checkpoint with one of {', '.join(_STATE_DICT_KEYS)}"
+            )
+        if isinstance(obj[key], nn.Module):
+            return _from_object(obj[key], path, arch=arch, num_classes=num_classes)
+        state = obj[key]
+    if arch is None:
+        raise ModelLoadError(f"{path} holds weights only; pass --arch NAME (see `edgekit models`)")
+    return _fit_arch(state, path, arch, num_classes)
+
+
+def _from_checkpoint(obj: Mapping[str, Any], path: Path) -> tuple[nn.Module, ModelCard]:
+    try:
+        card = ModelCard.from_dict(obj["card"])
+        arch, options, state = obj["arch"], dict(obj.get("arch_kwargs") or {}), obj["state_dict"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelLoadError(f"invalid edgekit checkpoint {path}: {_short(exc)}") from None
+    try:
+        module, _ = get_model(arch, num_classes=card.num_classes, **options)
+    except EdgekitError as exc:
+        raise ModelLoadError(f"{path} was saved from model {arch}, which cannot be built here: {exc}") from None
+    _fit(module, _strip_prefixes(state), path, arch)
+    return module, card
+
+
+# --------------------------------------------------------------------------- state_dict fitting
+def _fit_arch(
+    state: Mapping[str, torch.Tensor], path: Path, arch: str, num_classes: int | None
+) -> tuple[nn.Module, ModelCard]:
+    name, options = parse_arch(arch)
+    name = _resolve(name)
+    state = _strip_prefixes(state)
+    module, card = get_model(name, num_classes=num_classes, **options)
+    if num_classes is None:
+        rows = _classifier_rows(module, state)
+        if rows is not None and rows != card.num_classes:
+            module, card = get_model(name, num_classes=rows, **options)
+    _fit(module, state, path, name)
+    return module, card
+
+
+def _strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop wrapper prefixes shared by every key (DataParallel's module., torch.compile's _orig_mod.)."""
+    state = dict(state)
+    while state:
+        prefix = next((p for p in _WRAPPER_PREFIXES if all(k.startswith(p) for k in state)), None)
+        if prefix is None:
+            break
+        state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def _classifier_rows(module: nn.Module, state: Mapping[str, torch.Tensor]) -> int | None:
+    """Rows of the file's final classifier weight: the last Linear (else last Conv2d) of the arch."""
+    last_linear = last_conv = None
+    for name, sub in module.named_modules():
+        if isinstance(sub, nn.Linear):
+            last_linear = name
+        elif isinstance(sub, nn.Conv2d):
+            last_conv = name
+    head = last_linear if last_linear is not None else last_conv
+    weight = state.get(f"{head}.weight") if head is not None else None
+    return int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.ndim >= 2 else None
+
+
+def _fit(module: nn.Module, state: Mapping[str, torch.Tensor], path: Path, arch: str) -> None:
+    """load_state_dict(strict=True) with a one-line report of what does not match."""
+    state = dict(state)
+    expected = module.state_dict()
+    for key in expected:
+        if key.endswith(".num_batches_tracked") and key not in state:
+            state[key] = torch.tensor(0, dtype=torch.long)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    problems = []
+    if missing or unexpected:
+        problems.append(
+            f"{len(missing)} missing keys{_few(missing, paren=True)}, "
+            f"{len(unexpected)} unexpected keys{_few(unexpected, paren=True)}"
+        )
+    if mismatched:
+        shown = [f"{k}: file {_shape(state[k])} vs model {_shape(expected[k])}" for k in mismatched[:_MAX_NAMES]]
+        more = ", ..." if len(mismatched) > _MAX_NAMES else ""
+        problems.append(f"{len(mismatched)} shape mismatches ({', '.join(shown)}{more})")
+    if problems:
+        raise ModelLoadError(f"weights in {path} do not match arch {arch}: {'; '.join(problems)}")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"weights in {path} do not match arch {arch}: {_short(exc)}") from None
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "(" + ",".join(str(d) for d in t.shape) + ")"
+
+
+def _few(names: list[str], *, paren: bool = False) -> str:
+    if not names:
+        return ""
+    text = ", ".join(names[:_MAX_NAMES]) + (", ..." if len(names) > _MAX_NAMES else "")
+    return f" ({text})" if paren else text
+
+
+def _short(exc: BaseException) -> str:
+    """One line of an exception, without ANSI codes or torch's multi-paragraph advice."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    if "central directory" in text:
+        return "truncated or corrupt archive"
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    if not line or isinstance(exc, (LookupError, EOFError)):
+        line = f"{type(exc).__name__}: {line}".rstrip(": ")
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+_LOADERS: dict[str, Loader] = {
+    "export": _load_export,
+    "torchscript": _load_torchscript,
+    "pickle": _load_pickle,
+}
+
+
+# =========================================================================== save
+def save_model(module: nn.Module, card: ModelCard, path: str | os.PathLike[str]) -> Path:
+    """Write `module` with its card, atomically (temp file in the same folder, then os.replace).
+
+    A `.pt2` path gets a torch.export archive (batch dimension dynamic, card inside); any other
+    suffix an edgekit checkpoint (arch + card + state_dict), which needs a zoo arch in the card.
+
+    Raises:
+        InputError: unsuitable path, or a checkpoint for a module that is not its card's arch.
+        ExportError: torch.export could not capture the module.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        raise InputError(f"{path} is a directory; give a file path ending in .pt or .pt2")
+    if suffix in _NOT_TORCH_SUFFIXES:
+        raise InputError(f"{path}: save_model writes .pt checkpoints or .pt2 archives; use an exporter for {suffix}")
+    writer = _export_writer(module, card, path) if suffix == ".pt2" else _checkpoint_writer(module, card, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _export_writer(module: nn.Module, card: ModelCard, path: Path) -> Callable[[str], None]:
+    param = next(iter(module.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    was_training = module.training
+    module.eval()
+    try:
+        try:  # batch 2 example: torch.export specialises sizes 0 and 1
+            example = torch.zeros(2, *card.input_size, device=device)
+            batch = torch.export.Dim("batch", min=1, max=4096)
+            program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+        except Exception:  # noqa: BLE001 - some graphs need a static batch
+            example = torch.zeros(1, *card.input_size, device=device)
+            program = torch.export.export(module, (example,))
+    except Exception as exc:  # noqa: BLE001
+        raise ExportError(f"torch.export failed for {path}: {_short(exc)}") from None
+    finally:
+        if was_training:
+            module.train()
+    text = card.to_json()
+    return lambda tmp: torch.export.save(program, tmp, extra_files={CARD_FILE: text})
+
+
+def _checkpoint_writer(module: nn.Module, card: ModelCard, path: Path) -> Callable[[str], None]:
+    if card.arch is None:
+        raise InputError(
+            f"cannot save {path} as a checkpoint: the model is not a zoo architecture (its card has no arch); "
+            "save it to a .pt2 path (torch.export) instead"
+        )
+    state = {k: v.detach().to("cpu") for k, v in module.state_dict().items()}
+    problem = _arch_mismatch(state, card)
+    if problem:
+        raise InputError(
+            f"cannot save {path} as a {card.arch} checkpoint: {problem} (e.g. after pruning); "
+            "save it to a .pt2 path (torch.export) instead"
+        )
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": 1,
+        "arch": card.arch,
+        "arch_kwargs": dict(card.arch_kwargs),
+        "card": card.to_dict(),
+        "state_dict": state,
+    }
+    return lambda tmp: torch.save(payload, tmp)
+
+
+def _arch_mismatch(state: Mapping[str, torch.Tensor], card: ModelCard) -> str:
+    """Why `state` would not load into a fresh `card.arch` (empty when it would)."""
+    assert card.arch is not None
+    try:  # the meta device skips weight init; a few builders need real tensors
+        with torch.device("meta"):
+            reference = get_model(card.arch, num_classes=card.num_classes, **card.arch_kwargs)[0].state_dict()
+    except EdgekitError:
+        raise
+    except Exception:  # noqa: BLE001
+        reference = get_model(card.arch, num_classes=card.num_classes, **card.arch_kwargs)[0].state_dict()
+    missing = [k for k in reference if k not in state]
+    unexpected = [k for k in state if k not in reference]
+    if missing or unexpected:
+        return f"{len(missing)} missing and {len(unexpected)} unexpected keys ({_few(missing + unexpected)})"
+    resized = [k for k in reference if tuple(reference[k].shape) != tuple(state[k].shape)]
+    if resized:
+        return f"{len(resized)} tensors changed shape ({_few(resized)})"
+    return ""

@@ -1,0 +1,105 @@
+"""Real exports of the shared ResNet-20 through every runtime, checked on real CIFAR-10 images."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import edgekit
+from edgekit.bench import TimingConfig
+from edgekit.report import ROW_KEYS
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory, resnet20_path, cifar_dir):
+    out = tmp_path_factory.mktemp("bench")
+    res = edgekit.benchmark(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=out,
+                            backends="torch,onnxruntime,openvino,tensorrt",
+                            precisions="fp32,fp16,int8", threads=1, limit=500,
+                            calibration_images=300, timing=TimingConfig(warmup=3, iters=20, passes=2,
+                                                                        throughput_iters=2),
+                            progress=False)
+    return res, {(r.backend, r.precision): r for r in res.rows}
+
+
+def test_float_exports_agree_with_torch(bench):
+    _, rows = bench
+    torch_row = rows[("torch", "fp32")]
+    assert torch_row.status == "ok" and torch_row.details["images"] == 500
+    assert torch_row.top1 > 70  # the shared ResNet-20 scores ~81% on the JPEG copy
+    for b in ("onnxruntime", "openvino"):
+        r = rows[(b, "fp32")]
+        assert r.status == "ok", r.details
+        assert r.agreement >= 0.999
+        assert r.details["max_abs_diff"] < 1e-2
+        assert abs(r.top1 - torch_row.top1) <= 0.2
+    assert "f32" in rows[("openvino", "fp32")].details["executed"]
+
+
+def test_int8_within_two_points(bench):
+    _, rows = bench
+    fp32 = rows[("torch", "fp32")].top1
+    for b in ("onnxruntime", "openvino"):
+        r = rows[(b, "int8")]
+        assert r.status == "ok", r.details
+        assert r.top1 >= fp32 - 2.0
+        assert r.size_mb < rows[(b, "fp32")].size_mb * 0.6
+    # the ORT INT8 configuration is the fused one: integer kernels, not float convs in Q/DQ
+    executed = rows[("onnxruntime", "int8")].details["executed"]
+    n_int, n_all = map(int, executed.split(":")[1].split()[0].split("/"))
+    assert n_int >= n_all - 1, executed
+    assert any(p in rows[("openvino", "int8")].details["executed"] for p in ("u8", "i8"))
+
+
+def test_rows_are_honest(bench):
+    res, rows = bench
+    assert rows[("torch", "int8")].status == "unsupported"
+    assert rows[("tensorrt", "fp32")].status == "unavailable"
+    assert "TensorRT not installed" in rows[("tensorrt", "fp32")].details["reason"]
+    for r in res.rows:
+        if r.status == "ok":
+            assert 0 < r.latency_ms_p50 <= r.latency_ms_p90
+            assert r.throughput_ips > 0 and r.threads == 1
+        else:
+            assert r.latency_ms_p50 is None or r.status == "verification failed"
+
+
+def test_results_files(bench):
+    res, _ = bench
+    data = json.loads((res.out / "results.json").read_text())
+    assert data and all(list(d) == list(ROW_KEYS) for d in data)
+    for name in ("results.md", "results.csv", "environment.json", "details.json"):
+        assert (res.out / name).is_file()
+    env = json.loads((res.out / "environment.json").read_text())
+    assert env["versions"]["onnxruntime"] and env["threads"] == [1]
+    # every artifact carries its model card
+    for d in json.loads((res.out / "details.json").read_text()):
+        if d["artifact"]:
+            card = json.loads(open(d["artifact"] + ".card.json").read())
+            assert card["input_size"] == [3, 32, 32] and card["notes"]["precision"] == d["precision"]
+    assert not list(res.out.parent.glob(f".{res.out.name}.partial-*"))
+
+
+def test_eval_artifact_matches_benchmark(bench, cifar_dir):
+    res, rows = bench
+    onnx_path = rows[("onnxruntime", "int8")].details["artifact"]
+    r = edgekit.evaluate(onnx_path, data=cifar_dir, limit=500)
+    assert r.backend == "onnxruntime" and r.precision == "int8"
+    assert r.top1 == pytest.approx(rows[("onnxruntime", "int8")].top1, abs=0.01)
+
+
+def test_failed_verification_is_reported(tmp_path, resnet20_path, cifar_dir):
+    """A tolerance nothing can meet must turn rows into "verification failed", never ok."""
+    from edgekit.verify import Tolerance
+
+    tol = Tolerance(min_agreement={"fp32": 1.01})
+    res = edgekit.benchmark(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "b",
+                            backends="onnxruntime", precisions="fp32", limit=50, tolerance=tol,
+                            timing=TimingConfig(warmup=1, iters=2, passes=1, throughput_iters=1),
+                            progress=False)
+    (row,) = res.rows
+    assert row.status == "verification failed" and "agreement" in row.details["reason"]

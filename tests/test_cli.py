@@ -1,0 +1,155 @@
+"""The CLI end to end (subprocess) and every bad input: one line, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgekit.cli import main
+from edgekit.report import ROW_KEYS
+
+EDGEKIT = [sys.executable, "-m", "edgekit.cli"]
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([*EDGEKIT, *args], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=600)
+
+
+def run_inprocess(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["edgekit", *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.slow
+def test_benchmark_subprocess(tmp_path, resnet20_path, cifar_dir):
+    out = tmp_path / "bench"
+    p = run_cli("benchmark", str(resnet20_path), "--arch", "cifar_resnet20", "--data", str(cifar_dir),
+                "--backends", "torch,onnxruntime", "--precisions", "fp32,int8", "--threads", "1",
+                "--limit", "200", "--calib", "100", "--iters", "20", "--out", str(out))
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = json.loads((out / "results.json").read_text())
+    assert [(r["backend"], r["precision"]) for r in rows] == [
+        ("torch", "fp32"), ("torch", "int8"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")]
+    assert all(list(r) == list(ROW_KEYS) for r in rows)
+    by = {(r["backend"], r["precision"]): r for r in rows}
+    assert by[("onnxruntime", "fp32")]["status"] == "ok"
+    assert by[("onnxruntime", "fp32")]["agreement"] >= 0.999
+    assert by[("onnxruntime", "int8")]["status"] == "ok"
+    assert by[("torch", "int8")]["status"] == "unsupported"
+    assert "onnxruntime" in p.stdout and "results.json" in p.stdout
+
+
+def _assert_clean_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for n in needles:
+        assert n in err, (n, err)
+
+
+@pytest.fixture
+def bad_inputs(tmp_path, resnet20_path, cifar_dir):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(os.urandom(2048))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    noimg = tmp_path / "noimg"
+    (noimg / "cat").mkdir(parents=True)
+    (noimg / "dog").mkdir()
+    badimg = tmp_path / "badimg"
+    for c in ("a", "b"):
+        (badimg / c).mkdir(parents=True)
+    (badimg / "a" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    (badimg / "b" / "also.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    return dict(garbage=garbage, empty=empty, noimg=noimg, badimg=badimg, a_file=a_file,
+                w=str(resnet20_path), data=str(cifar_dir), tmp=tmp_path)
+
+
+CASES = {
+    "missing model": (["eval", "{tmp}/nope.pt", "--data", "digits"], ["not found", "nope.pt"]),
+    "corrupt model": (["eval", "{garbage}", "--arch", "cifar_resnet20", "--data", "digits"], ["garbage.pt"]),
+    "wrong arch": (["eval", "{w}", "--arch", "cifar_resnet32", "--data", "digits"], ["missing", "cifar_resnet32"]),
+    "weights without arch": (["eval", "{w}", "--data", "digits"], ["--arch"]),
+    "unknown arch": (["eval", "{w}", "--arch", "resnet_9000", "--data", "digits"], ["resnet_9000"]),
+    "unknown backend": (["benchmark", "{w}", "--arch", "cifar_resnet20", "--data", "digits",
+                         "--backends", "tflite", "--out", "{tmp}/o"], ["tflite", "onnxruntime"]),
+    "unknown precision": (["benchmark", "{w}", "--arch", "cifar_resnet20", "--data", "digits",
+                           "--precisions", "int3", "--out", "{tmp}/o"], ["int3", "fp32"]),
+    "unknown profile": (["compress", "{w}", "--arch", "cifar_resnet20", "--data", "digits",
+                         "--profile", "pentium", "--out", "{tmp}/o"], ["pentium", "x86"]),
+    "missing data": (["eval", "{w}", "--arch", "cifar_resnet20", "--data", "{tmp}/nodata"], ["nodata"]),
+    "no classes": (["eval", "{w}", "--arch", "cifar_resnet20", "--data", "{empty}"], ["no class folders"]),
+    "no images": (["eval", "{w}", "--arch", "cifar_resnet20", "--data", "{noimg}"], ["noimg"]),
+    "unreadable image": (["eval", "cifar_resnet20", "--num-classes", "2", "--data", "{badimg}"],
+                         ["unreadable image", ".jpg"]),
+    "class count mismatch": (["eval", "{w}", "--arch", "cifar_resnet20", "--data", "{badimg}"],
+                             ["10 outputs", "2 classes"]),
+    "out is a file": (["benchmark", "{w}", "--arch", "cifar_resnet20", "--data", "digits",
+                       "--out", "{a_file}"], ["a_file", "is a file"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input(case, bad_inputs, monkeypatch, capsys):
+    args, needles = CASES[case]
+    args = [a.format(**bad_inputs) for a in args]
+    code, _, err = run_inprocess(monkeypatch, capsys, *args)
+    _assert_clean_error(code, err, *needles)
+    # nothing half-written next to the requested output
+    assert not list(Path(bad_inputs["tmp"]).glob(".o.partial-*"))
+    assert not (Path(bad_inputs["tmp"]) / "o").exists()
+
+
+def test_bad_input_subprocess_has_no_traceback(tmp_path):
+    p = run_cli("eval", str(tmp_path / "missing.pt"), "--data", "digits")
+    _assert_clean_error(p.returncode, p.stderr, "missing.pt")
+    p = run_cli("--debug", "eval", str(tmp_path / "missing.pt"), "--data", "digits")
+    assert p.returncode != 0 and "Traceback" in p.stderr
+
+
+def test_hostile_pickle_refused(tmp_path, monkeypatch, capsys):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": Evil()}, path)
+    code, _, err = run_inprocess(monkeypatch, capsys, "eval", str(path), "--arch", "cifar_resnet20",
+                                 "--data", "digits")
+    _assert_clean_error(code, err, "--trust-pickle")
+    assert not marker.exists()
+
+
+def test_models_and_profiles(monkeypatch, capsys):
+    code, out, _ = run_inprocess(monkeypatch, capsys, "models")
+    assert code == 0
+    for name in ("cifar_resnet56", "cifar_mobilenet_v2", "resnet18", "efficientnet_b0"):
+        assert name in out
+    code, out, _ = run_inprocess(monkeypatch, capsys, "profiles", "show", "x86")
+    assert code == 0 and "onnxruntime" in out
+
+
+def test_eval_zoo_model_on_digits(monkeypatch, capsys):
+    code, out, _ = run_inprocess(monkeypatch, capsys, "eval", "cifar_resnet20", "--data", "digits", "--json")
+    assert code == 0
+    r = json.loads(out.strip().splitlines()[-1])
+    assert r["images"] == 360 and r["backend"] == "torch"
