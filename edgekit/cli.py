@@ -132,6 +132,101 @@ def compress_cmd(model: str = MODEL, data: str = DATA,
     out_console.print(f"report: {out / 'report.md'}", highlight=False)
 
 
+def _train_config(epochs, batch_size, optimizer, lr, weight_decay, warmup, label_smoothing,
+                  grad_clip, no_augment, train_limit, eval_limit, seed):
+    from pydantic import ValidationError
+
+    from .errors import InputError
+    from .train import TrainConfig
+
+    try:
+        return TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
+                           weight_decay=weight_decay, warmup_epochs=warmup,
+                           label_smoothing=label_smoothing, grad_clip=grad_clip,
+                           augment=not no_augment, train_limit=train_limit or None,
+                           eval_limit=eval_limit or None, seed=seed)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise InputError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+
+
+# Training options, shared by finetune and distill.
+EPOCHS = typer.Option(5, "--epochs", help="Training epochs.")
+BATCH = typer.Option(128, "--batch-size", help="Per-process batch size.")
+OPTIM = typer.Option("sgd", "--optimizer", help="sgd (momentum 0.9, nesterov) or adamw.")
+LR = typer.Option(0.05, "--lr", help="Peak learning rate (cosine schedule).")
+WD = typer.Option(5e-4, "--weight-decay")
+WARMUP = typer.Option(0.0, "--warmup-epochs", help="Linear warm-up before the cosine decay.")
+SMOOTH = typer.Option(0.0, "--label-smoothing")
+CLIP = typer.Option(None, "--grad-clip", help="Clip the global gradient norm to this value.")
+NOAUG = typer.Option(False, "--no-augment", help="Disable crop/flip augmentation.")
+TLIMIT = typer.Option(0, "--train-limit", help="Train on a seeded subset of N images (0 = all).")
+ELIMIT = typer.Option(0, "--eval-limit", help="Evaluate each epoch on N held-out images (0 = all).")
+RESUME = typer.Option(False, "--resume", help="Continue an interrupted run in --out from its last checkpoint.")
+
+
+def _print_training(res, what: str) -> None:
+    last = res.history[-1] if res.history else {}
+    start = f"{res.initial_top1:.2f}% -> " if res.initial_top1 is not None else ""
+    out_console.print(f"{what}: held-out top-1 {start}{last.get('eval_top1', float('nan')):.2f}% "
+                      f"(best {res.best_top1:.2f}%) after {len(res.history)} epochs", highlight=False)
+    for k, v in res.extra.items():
+        out_console.print(f"  {k}: {v}", highlight=False)
+    out_console.print(f"best checkpoint: {res.best_path}  (use it with edgekit export/benchmark)",
+                      highlight=False)
+
+
+@app.command("finetune")
+def finetune_cmd(model: str = MODEL, data: str = DATA,
+                 out: Path = typer.Option(..., "--out", help="Run directory."),
+                 arch: Optional[str] = ARCH, num_classes: Optional[int] = NUM_CLASSES,
+                 epochs: int = EPOCHS, batch_size: int = BATCH, optimizer: str = OPTIM,
+                 lr: float = typer.Option(0.01, "--lr", help="Peak learning rate (cosine schedule)."),
+                 weight_decay: float = WD, warmup_epochs: float = WARMUP,
+                 label_smoothing: float = SMOOTH, grad_clip: Optional[float] = CLIP,
+                 no_augment: bool = NOAUG, train_limit: int = TLIMIT, eval_limit: int = ELIMIT,
+                 seed: int = SEED, resume: bool = RESUME, trust_pickle: bool = TRUST) -> None:
+    """Fine-tune a model on a dataset (works under torchrun for multi-process DDP)."""
+    from .stages import finetune
+
+    cfg = _train_config(epochs, batch_size, optimizer, lr, weight_decay, warmup_epochs,
+                        label_smoothing, grad_clip, no_augment, train_limit, eval_limit, seed)
+    res = finetune(model, data=data, out=out, arch=arch, num_classes=num_classes,
+                   trust_pickle=trust_pickle, config=cfg, resume=resume)
+    if _is_main():
+        _print_training(res, "finetune")
+
+
+@app.command("distill")
+def distill_cmd(teacher: str = typer.Option(..., "--teacher", help="Teacher model file."),
+                student: str = typer.Option(..., "--student", help="Zoo name, e.g. cifar_mobilenet_v2:width=0.5."),
+                data: str = DATA, out: Path = typer.Option(..., "--out", help="Run directory."),
+                teacher_arch: Optional[str] = typer.Option(None, "--teacher-arch", help="Architecture of a weights-only teacher."),
+                temperature: float = typer.Option(4.0, "--temperature", "-T", help="Softening temperature."),
+                alpha: float = typer.Option(0.9, "--alpha", help="Weight of the KD loss (1 - alpha on labels)."),
+                feature: Optional[str] = typer.Option(None, "--feature", help="Feature distillation: 'auto' or STUDENT_MODULE:TEACHER_MODULE."),
+                feature_weight: float = typer.Option(1.0, "--feature-weight"),
+                epochs: int = EPOCHS, batch_size: int = BATCH, optimizer: str = OPTIM, lr: float = LR,
+                weight_decay: float = WD, warmup_epochs: float = WARMUP,
+                label_smoothing: float = SMOOTH, grad_clip: Optional[float] = CLIP,
+                no_augment: bool = NOAUG, train_limit: int = TLIMIT, eval_limit: int = ELIMIT,
+                seed: int = SEED, resume: bool = RESUME, trust_pickle: bool = TRUST) -> None:
+    """Distil a teacher into a small student from the zoo (Hinton KD, optional feature KD)."""
+    from .stages import distill
+
+    cfg = _train_config(epochs, batch_size, optimizer, lr, weight_decay, warmup_epochs,
+                        label_smoothing, grad_clip, no_augment, train_limit, eval_limit, seed)
+    res = distill(teacher, student=student, data=data, out=out, teacher_arch=teacher_arch,
+                  trust_pickle=trust_pickle, temperature=temperature, alpha=alpha, feature=feature,
+                  feature_weight=feature_weight, config=cfg, resume=resume)
+    if _is_main():
+        _print_training(res, f"distill {student}")
+
+
+def _is_main() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
 @app.command("demo")
 def demo_cmd(out: Path = typer.Option(Path("runs/demo"), "--out", help="Run directory."),
              epochs: int = typer.Option(6, "--epochs", help="Teacher training epochs."),

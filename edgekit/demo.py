@@ -19,8 +19,8 @@ def demo(out: str | Path = "runs/demo", *, arch: str = "cifar_resnet20", epochs:
          profile: str = "x86", progress: bool = True) -> BenchmarkResult:
     """Train `arch` on digits for `epochs`, save it, then compress it for `profile` into `out`."""
     from .data import digits_stats, load_dataset
-    from .models import get_model, save_model
-    from .train import FitConfig, fit
+    from .models import get_model
+    from .train import Supervised, TrainConfig, train
 
     out = check_out_dir(Path(out))
     module, card = get_model(arch, num_classes=10)
@@ -28,9 +28,10 @@ def demo(out: str | Path = "runs/demo", *, arch: str = "cifar_resnet20", epochs:
     ds = load_dataset("digits", input_size=card.input_size)
     card = card.with_(mean=tuple(stats.mean), std=tuple(stats.std), class_names=list(ds.classes),
                       source=f"edgekit demo: {arch} trained {epochs} epochs on sklearn digits")
-    fit(module, ds.train, card, FitConfig(epochs=epochs), progress=progress)
-    out.mkdir(parents=True, exist_ok=True)
-    teacher = out / "teacher.pt"
-    save_model(module, card, teacher)
-    return compress(teacher, profile=profile, data="digits", out=out, limit=None,
+    # Digits are not mirror-symmetric: crop augmentation only. resume=True makes a re-run reuse
+    # the trained teacher instead of refusing the existing run folder.
+    cfg = TrainConfig(epochs=epochs, batch_size=64, lr=0.05, hflip=False, warmup_epochs=0.5)
+    result = train(Supervised(module), card, ds.train, ds.eval, cfg, out / "teacher",
+                   resume=True, progress=progress)
+    return compress(result.best_path, profile=profile, data="digits", out=out, limit=None,
                     progress=progress)

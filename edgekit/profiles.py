@@ -6,7 +6,7 @@ a user profile is any YAML path with the same fields.
 
 from __future__ import annotations
 
-from importlib import resources
+import sys
 from pathlib import Path
 
 import yaml
@@ -61,7 +61,7 @@ def _profile_dir() -> Path:
     repo = Path(__file__).resolve().parents[1] / "profiles"
     if repo.is_dir():
         return repo
-    return Path(str(resources.files("edgekit") / "profiles"))
+    return Path(sys.prefix) / "share" / "edgekit" / "profiles"
 
 
 def list_profiles() -> list[str]:

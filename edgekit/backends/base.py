@@ -172,8 +172,14 @@ def get_backend(name: str) -> Backend:
 
 
 def _load_builtin() -> None:
-    """Import the built-in backend modules (each registers itself)."""
-    from . import onnxruntime, openvino, tensorrt, torch  # noqa: F401
+    """Import every module of this package: each backend file registers itself, so adding a
+    runtime is adding one file."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if info.name not in ("base", "__init__"):
+            importlib.import_module(f"{__package__}.{info.name}")
 
 
 def all_backends() -> list[str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
 import types
 import warnings
 import zipfile
@@ -22,6 +21,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from .._io import atomic_path
 from ..errors import EdgekitError, ExportError, InputError, ModelLoadError
 from .card import IMAGENET_MEAN, IMAGENET_STD, ModelCard
 from .zoo import ARCHS, _resolve, get_model, parse_arch
@@ -80,7 +80,9 @@ def load_model(
     module, card = loader(path, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle)
     module = module.to("cpu").float()
     module.eval()
-    return LoadedModel(module, card.with_(source=str(path)))
+    # Keep the provenance a stored card carries ("fine-tuned on ..."); a bare file is its own source.
+    return LoadedModel(module, card if card.source and card.source != "random init"
+                       else card.with_(source=str(path)))
 
 
 def _names_zoo_arch(text: str) -> bool:
@@ -454,15 +456,8 @@ def save_model(module: nn.Module, card: ModelCard, path: str | os.PathLike[str])
     if suffix in _NOT_TORCH_SUFFIXES:
         raise InputError(f"{path}: save_model writes .pt checkpoints or .pt2 archives; use an exporter for {suffix}")
     writer = _export_writer(module, card, path) if suffix == ".pt2" else _checkpoint_writer(module, card, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        writer(str(tmp))
     return path
 
 

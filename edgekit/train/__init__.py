@@ -1,5 +1,6 @@
-"""The training loop every training stage shares."""
+"""The training engine every training stage shares (fine-tune, distill, QAT, pruning recovery)."""
 
-from .loop import FitConfig, fit
+from .config import TrainConfig
+from .engine import Objective, Supervised, TrainResult, evaluate_top1, train
 
-__all__ = ["FitConfig", "fit"]
+__all__ = ["TrainConfig", "Objective", "Supervised", "TrainResult", "evaluate_top1", "train"]

@@ -1,0 +1,132 @@
+"""Fine-tune the shared ResNet-56, then train a small-input MobileNetV2 student with labels only
+and with KD from it (same epochs, seed, init and data order), on the full CIFAR-10 JPEG copy.
+Also compares the engine's training throughput with a bare PyTorch loop.
+
+Resumable: every phase is a training run folder under benchmarks/work/distill/ and re-running
+the script continues where it stopped. Writes benchmarks/results/distill.{json,md}.
+
+    python benchmarks/distill.py [--teacher-epochs 3] [--student-epochs 10] [--width 0.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from _common import CIFAR, RESULTS, WORK, require_shared, weights
+
+import edgekit
+from edgekit._io import atomic_write_json, atomic_write_text
+from edgekit.data import load_dataset
+from edgekit.env import environment
+from edgekit.models import get_model
+from edgekit.models.stats import count_macs, count_params
+from edgekit.stages import distill, finetune
+from edgekit.train import Supervised, TrainConfig, train
+
+
+def _row(name, path, res, seconds, epochs):
+    loaded = edgekit.load_model(path)
+    return {"model": name, "top1": round(res.best_top1, 2), "final_top1": round(res.history[-1]["eval_top1"], 2),
+            "start_top1": round(res.initial_top1, 2), "params": count_params(loaded.module),
+            "macs": count_macs(loaded.module, loaded.card.input_size), "epochs": epochs,
+            "wall_min": round(seconds / 60, 1)}
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def throughput(student: str, teacher_card, n: int = 2560, batch: int = 128, rounds: int = 3) -> dict:
+    """Engine (augmentation, metrics, checkpoint) vs a bare loop, same model/batch/images."""
+    ds = load_dataset(CIFAR, input_size=teacher_card.input_size)
+    split = ds.train.subset(n, seed=0)
+    tiny_eval = ds.evaluation(128)
+    images = split.images
+    mean = torch.tensor(teacher_card.mean).view(1, -1, 1, 1)
+    std = torch.tensor(teacher_card.std).view(1, -1, 1, 1)
+    engine, bare = [], []
+    for r in range(rounds):
+        model, card = get_model(student, num_classes=10)
+        card = card.with_(mean=teacher_card.mean, std=teacher_card.std)
+        cfg = TrainConfig(epochs=1, batch_size=batch, lr=0.05)
+        res = train(Supervised(model), card, split, tiny_eval, cfg, WORK / "distill" / f"tp{r}",
+                    resume=True, progress=False)
+        engine.append(res.history[-1]["images_per_s"])
+        model, _ = get_model(student, num_classes=10)
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        t0 = time.perf_counter()
+        for i in range(0, n, batch):
+            x = (images[i:i + batch].float() / 255 - mean) / std
+            loss = F.cross_entropy(model(x), split.labels[i:i + batch])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        bare.append(n / (time.perf_counter() - t0))
+    e, b = statistics.median(engine), statistics.median(bare)
+    return {"engine_img_s": round(e, 1), "bare_img_s": round(b, 1), "overhead_pct": round(100 * (1 - e / b), 1),
+            "rounds": rounds, "images": n, "batch": batch}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--teacher-epochs", type=int, default=3)
+    ap.add_argument("--student-epochs", type=int, default=10)
+    ap.add_argument("--width", type=float, default=0.5)
+    ap.add_argument("--temperature", type=float, default=4.0)
+    ap.add_argument("--alpha", type=float, default=0.9)
+    args = ap.parse_args()
+    require_shared()
+    work = WORK / "distill"
+    student = f"cifar_mobilenet_v2:width={args.width}"
+    t_cfg = TrainConfig(epochs=args.teacher_epochs, batch_size=128, lr=0.01, seed=0)
+    (teacher, t_sec) = _timed(lambda: finetune(weights(56), arch="cifar_resnet56", data=CIFAR,
+                                               out=work / "teacher", config=t_cfg, resume=True))
+    s_cfg = TrainConfig(epochs=args.student_epochs, batch_size=128, lr=0.05, warmup_epochs=1, seed=0)
+    runs = {}
+    for name, alpha in (("labels only", 0.0), ("KD", args.alpha)):
+        runs[name] = _timed(lambda a=alpha, n=name: distill(
+            teacher.best_path, student=student, data=CIFAR, out=work / n.replace(" ", "_"),
+            temperature=args.temperature, alpha=a, config=s_cfg, resume=True))
+    rows = [{**_row("ResNet-56 (shared weights, fine-tuned)", teacher.best_path, teacher, t_sec,
+                    args.teacher_epochs), "role": "teacher"}]
+    for name, (res, sec) in runs.items():
+        rows.append({**_row(f"MobileNetV2-32 x{args.width} {name}", res.best_path, res, sec,
+                            args.student_epochs), "role": "student"})
+    tp = throughput(student, edgekit.load_model(teacher.best_path).card)
+    kd, lo, t = rows[2]["top1"], rows[1]["top1"], rows[0]["top1"]
+    checks = {"kd_minus_labels_only": round(kd - lo, 2), "teacher_minus_kd": round(t - kd, 2),
+              "kd_beats_labels_by_1pt": kd - lo >= 1.0, "kd_within_1pt_of_teacher": t - kd <= 1.0,
+              "engine_overhead_under_10pct": tp["overhead_pct"] < 10}
+    env = environment(teacher_config=t_cfg.model_dump(), student_config=s_cfg.model_dump(),
+                      temperature=args.temperature, alpha=args.alpha, threads=torch.get_num_threads())
+    atomic_write_json(RESULTS / "distill.json", {"rows": rows, "throughput": tp, "checks": checks,
+                                                "environment": env})
+    md = ["# Distillation benchmark (CIFAR-10 JPEG copy: 50k train, 10k test, top-1 on test)", "",
+          "| model | role | top-1 % (best) | final | start | params | MACs | epochs | wall min |",
+          "|---|---|---|---|---|---|---|---|---|"]
+    md += [f"| {r['model']} | {r['role']} | {r['top1']:.2f} | {r['final_top1']:.2f} | {r['start_top1']:.2f} | "
+           f"{r['params']:,} | {r['macs'] / 1e6:.1f}M | {r['epochs']} | {r['wall_min']} |" for r in rows]
+    md += ["", f"KD - labels only: {checks['kd_minus_labels_only']:+.2f} points (target >= +1); "
+           f"teacher - KD: {checks['teacher_minus_kd']:.2f} points (target <= 1).", "",
+           f"Training throughput, {tp['images']} images, batch {tp['batch']}, median of {tp['rounds']}: "
+           f"engine {tp['engine_img_s']} img/s, bare loop {tp['bare_img_s']} img/s, overhead "
+           f"{tp['overhead_pct']}% (target < 10%).", "",
+           f"Students: same init (seed 0), data order, augmentation (crop+flip), SGD lr {s_cfg.lr} cosine with "
+           f"{s_cfg.warmup_epochs} warm-up epoch; KD T={args.temperature}, alpha={args.alpha}. "
+           f"Teacher: SGD lr {t_cfg.lr} cosine, {args.teacher_epochs} epochs.", "",
+           f"CPU {env['cpu']['model']}, {env['threads']} torch threads, torch {env['versions']['torch']}, {env['date']}.", ""]
+    atomic_write_text(RESULTS / "distill.md", "\n".join(md))
+    print("\n".join(md))
+    print(json.dumps(checks))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,6 @@
+"""Pipeline stages: each takes a model and returns a trained/compressed model plus a record."""
+
+from .distill import DistillObjective, distill
+from .finetune import finetune
+
+__all__ = ["finetune", "distill", "DistillObjective"]

@@ -1,0 +1,123 @@
+"""The training engine on real data: fine-tune, distill, exact resume after a kill, torchrun DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import edgekit
+from edgekit.errors import InputError
+from edgekit.stages import distill, finetune
+from edgekit.train import TrainConfig
+
+pytestmark = pytest.mark.slow
+
+
+def test_finetune_improves_heldout(tmp_path, resnet20_path, cifar_dir):
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=0.01, train_limit=4000, eval_limit=1000)
+    res = finetune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "ft",
+                   config=cfg, progress=False)
+    assert len(res.history) == 2 and sum(1 for _ in open(tmp_path / "ft" / "metrics.jsonl")) == 2
+    # the shared weights start ~10 points low on the JPEG copy; a few steps of train/ close some
+    assert res.history[-1]["eval_top1"] > res.initial_top1 + 0.5, (res.initial_top1, res.history)
+    loaded = edgekit.load_model(res.best_path)  # an edgekit checkpoint: no --arch needed
+    assert loaded.card.arch == "cifar_resnet20" and "fine-tuned" in loaded.card.source
+
+
+def test_distill_student_learns(tmp_path, resnet20_path, cifar_dir):
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=0.05, train_limit=3000, eval_limit=500)
+    res = distill(resnet20_path, teacher_arch="cifar_resnet20", student="cifar_mobilenet_v3_small:width=0.5",
+                  data=cifar_dir, out=tmp_path / "kd", feature="auto", config=cfg, progress=False)
+    assert res.history[-1]["eval_top1"] > res.initial_top1 + 8, (res.initial_top1, res.history)
+    assert res.extra["objective"]["feature"]  # auto picked a student:teacher pair
+    card = edgekit.load_model(res.best_path).card
+    assert card.input_size == (3, 32, 32) and card.mean == (0.485, 0.456, 0.406)  # teacher's
+
+
+def test_distill_teacher_cache_without_augmentation(tmp_path, resnet20_path, cifar_dir):
+    from edgekit.stages.distill import DistillObjective
+    from edgekit.models import get_model, load_model
+
+    teacher = load_model(resnet20_path, arch="cifar_resnet20").module
+    student, _ = get_model("cifar_mobilenet_v3_small:width=0.5", num_classes=10)
+    obj = DistillObjective(student, teacher, cache_size=10)
+    x, idx = torch.randn(4, 3, 32, 32), torch.arange(4)
+    first = obj._teacher_logits(x, idx)
+    again = obj._teacher_logits(torch.zeros_like(x), idx)  # served from the cache
+    assert torch.equal(first, again) and len(obj._cache) == 4
+    assert not any(p.requires_grad for p in obj.teacher.parameters())
+    assert all(not k.startswith("_teacher") for k in obj.state_dict())
+
+
+def _cli(*args: str, env: dict | None = None) -> list[str]:
+    return [sys.executable, "-m", "edgekit.cli", *args]
+
+
+def _finetune_args(weights, data, out) -> list[str]:
+    return ["finetune", str(weights), "--arch", "cifar_resnet20", "--data", str(data), "--out", str(out),
+            "--epochs", "3", "--batch-size", "64", "--train-limit", "640", "--eval-limit", "200"]
+
+
+def test_resume_after_kill_matches_uninterrupted(tmp_path, resnet20_path, cifar_dir):
+    """SIGKILL in the middle of epoch 2, resume, and end with bit-identical weights."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ref = subprocess.run(_cli(*_finetune_args(resnet20_path, cifar_dir, tmp_path / "ref")),
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(*_finetune_args(resnet20_path, cifar_dir, run)), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (run / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # into epoch 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1, "the kill should land in epoch 2"
+    res = subprocess.run(_cli(*_finetune_args(resnet20_path, cifar_dir, run), "--resume"),
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    a = torch.load(tmp_path / "ref" / "last.pt", weights_only=True)["state_dict"]
+    b = torch.load(run / "last.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+    # a finished run is not silently overwritten
+    again = subprocess.run(_cli(*_finetune_args(resnet20_path, cifar_dir, run)), capture_output=True,
+                           text=True, env=env, timeout=600)
+    assert again.returncode == 2 and "--resume" in again.stderr
+
+
+def test_torchrun_two_processes(tmp_path, resnet20_path, cifar_dir):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "edgekit.cli", *_finetune_args(resnet20_path, cifar_dir, out)]
+    cmd[cmd.index("--epochs") + 1] = "1"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rec = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert rec["world_size"] == 2
+    # each process saw half the images; the reduced count covers the whole subset
+    assert rec["images_per_s"] > 0
+    loaded = edgekit.load_model(out / "last.pt")
+    assert loaded.card.arch == "cifar_resnet20"
+    assert p.stdout.count("best checkpoint") == 1  # rank 0 alone reports
+
+
+def test_bad_training_input(tmp_path, resnet20_path, cifar_dir):
+    with pytest.raises(InputError, match="train"):
+        finetune(resnet20_path, arch="cifar_resnet20", data=cifar_dir / "test", out=tmp_path / "x",
+                 config=TrainConfig(epochs=1), progress=False)
+    with pytest.raises(Exception, match="temperature"):
+        distill(resnet20_path, teacher_arch="cifar_resnet20", student="cifar_mobilenet_v3_small",
+                data=cifar_dir, out=tmp_path / "y", temperature=0, progress=False,
+                config=TrainConfig(epochs=1, train_limit=64, eval_limit=64))
