@@ -37,7 +37,7 @@ class Prepared:
     ref_logits: np.ndarray | None = None
     labels: np.ndarray | None = None
 
-    def reference(self, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def reference(self) -> tuple[np.ndarray, np.ndarray]:
         """The source model's logits on the evaluation images (computed once)."""
         if self.ref_logits is None:
             from .backends.torch import TorchRunner

@@ -125,8 +125,7 @@ def compress_cmd(model: str = MODEL, data: str = DATA,
     from .report import render_rich
 
     res = compress(model, profile=profile, data=data, out=out, arch=arch, num_classes=num_classes,
-                   trust_pickle=trust_pickle, limit=None if limit < 0 else (_limit(limit) or 10**9),
-                   seed=seed)
+                   trust_pickle=trust_pickle, limit=limit if limit < 0 else _limit(limit), seed=seed)
     rows = [r for r in res.rows if r.status != "unsupported"]
     out_console.print(render_rich(rows, title=f"edgekit compress ({profile})"))
     out_console.print(f"report: {out / 'report.md'}", highlight=False)

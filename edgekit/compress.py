@@ -14,12 +14,15 @@ from .benchmark import BenchmarkResult, benchmark
 from .profiles import get_profile
 from .report import render_markdown
 
-__all__ = ["compress"]
+__all__ = ["compress", "PROFILE_DEFAULT"]
+
+#: `limit` value meaning "the profile's eval_images" (None means every held-out image).
+PROFILE_DEFAULT = -1
 
 
 def compress(model: str | Path, *, profile: str, data: str | Path, out: str | Path,
              arch: str | None = None, num_classes: int | None = None,
-             trust_pickle: bool = False, limit: int | None = None, seed: int = 0,
+             trust_pickle: bool = False, limit: int | None = PROFILE_DEFAULT, seed: int = 0,
              progress: bool = True) -> BenchmarkResult:
     """Quantize, export, verify and benchmark `model` for `profile`; write `out`/report.md."""
     prof = get_profile(profile)
@@ -27,7 +30,7 @@ def compress(model: str | Path, *, profile: str, data: str | Path, out: str | Pa
     result = benchmark(model, data=data, out=out, arch=arch, num_classes=num_classes,
                        trust_pickle=trust_pickle, backends=["torch", *prof.runtimes],
                        precisions=precisions, threads=prof.threads,
-                       limit=limit if limit is not None else prof.eval_images,
+                       limit=prof.eval_images if limit == PROFILE_DEFAULT else limit,
                        calibration_images=prof.calibration_images, seed=seed, progress=progress,
                        title=f"edgekit compress: {prof.name}")
     rows = [r for r in result.rows if r.status != "unsupported"]
