@@ -17,7 +17,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Compress, export, verify and benchmark PyTorch vision models for edge devices.")
 profiles_app = typer.Typer(no_args_is_help=True, help="Hardware profiles.")
 app.add_typer(profiles_app, name="profiles")
-out_console = Console()
+# Logs and pipes get a wide table instead of rich's 80-column default.
+out_console = Console(width=None if sys.stdout.isatty() else 180)
 
 # Shared options, declared once.
 ARCH = typer.Option(None, "--arch", help="Architecture for a weights-only file, e.g. cifar_resnet20 "

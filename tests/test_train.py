@@ -33,13 +33,35 @@ def test_finetune_improves_heldout(tmp_path, resnet20_path, cifar_dir):
 
 
 def test_distill_student_learns(tmp_path, resnet20_path, cifar_dir):
-    cfg = TrainConfig(epochs=2, batch_size=64, lr=0.05, train_limit=3000, eval_limit=500)
-    res = distill(resnet20_path, teacher_arch="cifar_resnet20", student="cifar_mobilenet_v3_small:width=0.5",
-                  data=cifar_dir, out=tmp_path / "kd", feature="auto", config=cfg, progress=False)
-    assert res.history[-1]["eval_top1"] > res.initial_top1 + 8, (res.initial_top1, res.history)
-    assert res.extra["objective"]["feature"]  # auto picked a student:teacher pair
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=0.05, train_limit=3000, eval_limit=500)
+    res = distill(resnet20_path, teacher_arch="cifar_resnet20", student="cifar_mobilenet_v2:width=0.5",
+                  data=cifar_dir, out=tmp_path / "kd", config=cfg, progress=False)
+    assert res.history[-1]["eval_top1"] > res.initial_top1 + 10, (res.initial_top1, res.history)
     card = edgekit.load_model(res.best_path).card
     assert card.input_size == (3, 32, 32) and card.mean == (0.485, 0.456, 0.406)  # teacher's
+
+
+def test_feature_distillation_auto_pair(tmp_path, resnet20_path, cifar_dir):
+    from edgekit.stages.distill import _feature_maps, pick_feature_pair
+    from edgekit.models import get_model, load_model
+
+    teacher = load_model(resnet20_path, arch="cifar_resnet20").module
+    student, _ = get_model("cifar_mobilenet_v2:width=0.5", num_classes=10)
+    s_name, t_name = pick_feature_pair(student, teacher, (3, 32, 32))
+    assert t_name == "layer3"  # the teacher's last map: 8x8
+    assert dict(_feature_maps(student, torch.zeros(2, 3, 32, 32), 99))[s_name][2:] == (8, 8)
+    cfg = TrainConfig(epochs=1, batch_size=64, lr=0.05, train_limit=640, eval_limit=200)
+    res = distill(resnet20_path, teacher_arch="cifar_resnet20", student="cifar_mobilenet_v2:width=0.5",
+                  data=cifar_dir, out=tmp_path / "fkd", feature="auto", config=cfg, progress=False)
+    assert res.extra["objective"]["feature"] == f"{s_name}:{t_name}"
+    # the feature term is relative (scale-free): about 1 for an untrained projection, not 1e3
+    from edgekit.stages.distill import DistillObjective
+    x, y, idx = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)), torch.arange(8)
+    torch.manual_seed(0)
+    with_f = DistillObjective(student, teacher, feature=(s_name, t_name))(x, y, idx)[0]
+    without = DistillObjective(student, teacher)(x, y, idx)[0]
+    assert 0 < float(with_f - without) < 5
+
 
 
 def test_distill_teacher_cache_without_augmentation(tmp_path, resnet20_path, cifar_dir):

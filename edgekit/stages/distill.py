@@ -55,7 +55,8 @@ def pick_feature_pair(student: nn.Module, teacher: nn.Module, input_size) -> tup
 
 
 class DistillObjective(Objective):
-    """alpha * T^2 * KL(student/T || teacher/T) + (1 - alpha) * CE(labels) [+ beta * feature MSE].
+    """alpha * T^2 * KL(student/T || teacher/T) + (1 - alpha) * CE(labels)
+    [+ beta * ||proj(student map) - teacher map||^2 / ||teacher map||^2].
 
     The teacher is kept out of the module tree (no gradients, not saved, not synced by DDP) and
     always runs in eval mode. Its logits are cached per image when augmentation is off, since
@@ -129,8 +130,10 @@ class DistillObjective(Objective):
         loss = self.alpha * kd + (1 - self.alpha) * F.cross_entropy(
             logits, y, label_smoothing=self.label_smoothing)
         if self.feature:
-            s, t = self.projection(self._feats["s"]), self._feats["t"]
-            loss = loss + self.feature_weight * F.mse_loss(s, t)
+            s, t = self.projection(self._feats["s"]), self._feats["t"].detach()
+            # relative error: scale-free, so the weight means the same for any teacher
+            rel = F.mse_loss(s, t) / t.pow(2).mean().clamp_min(1e-8)
+            loss = loss + self.feature_weight * rel
         return loss, logits
 
     def describe(self) -> dict:
