@@ -215,7 +215,8 @@ def train(objective: Objective, card: "ModelCard", train_split: "Split", eval_sp
         top1, eval_loss = evaluate_top1(model, eval_split, card, info, cfg.eval_batch_size)
         rec = {"epoch": epoch + 1, "train_loss": loss_sum / n_seen, "train_top1": 100 * n_correct / n_seen,
                "eval_top1": top1, "eval_loss": eval_loss, "lr": sched.get_last_lr()[0],
-               "images_per_s": n_seen / seconds, "seconds": seconds, "world_size": info.world}
+               "images_per_s": n_seen / seconds, "seconds": seconds, "train_images": int(n_seen),
+               "world_size": info.world}
         history.append(rec)
         improved = top1 > best
         best = max(best, top1)
