@@ -99,7 +99,7 @@ class ExportContext:
     def onnx_fp32(self) -> Path:
         """The FP32 ONNX export (done once, reused by every ONNX-based backend)."""
         if self._onnx_fp32 is None:
-            from ..export.onnx import export_onnx
+            from ..exporters.onnx import export_onnx
             self._onnx_fp32 = export_onnx(self.module, self.card, self.work_path("fp32.onnx"),
                                           opset=self.opset)
         return self._onnx_fp32

@@ -136,7 +136,7 @@ class OnnxRuntimeBackend(Backend):
 
         import onnx
 
-        from ..export.onnx import attach_card
+        from ..exporters.onnx import attach_card
 
         src = ctx.onnx_fp32()
         dst = ctx.path(f"{precision}.onnx")
