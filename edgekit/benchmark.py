@@ -205,8 +205,7 @@ def benchmark(model: str | Path, *, data: str | Path, out: str | Path, arch: str
         sample = next(prep.eval_split.batches(timing.throughput_batch, mean=prep.card.mean,
                                               std=prep.card.std))[0].numpy()
         adv(0, "timing (interleaved passes)")
-        results = time_runners([e.runners[t] for e, t in timed], sample, timing,
-                               progress=lambda: None)
+        results = time_runners([e.runners[t] for e, t in timed], sample, timing)
         adv(len(live))
         timings = {(id(e), t): tm for (e, t), tm in zip(timed, results)}
         _moved(entries, stage, out)

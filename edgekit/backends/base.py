@@ -188,7 +188,7 @@ def all_backends() -> list[str]:
 
 
 @contextlib.contextmanager
-def _quiet_fds():
+def quiet():
     """Silence C++ libraries that print to stdout/stderr directly (exporters, NNCF)."""
     if os.environ.get("EDGEKIT_DEBUG"):
         yield
@@ -205,5 +205,3 @@ def _quiet_fds():
         for fd in (*saved, devnull):
             os.close(fd)
 
-
-quiet = _quiet_fds
