@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._io import check_out_dir, staged_dir
-from .backends import PRECISIONS, Artifact, ExportContext, get_backend
+from .backends import DEFAULT_PRECISIONS, QAT_ONLY, Artifact, ExportContext, get_backend
 from .bench import TimingConfig, time_runners
 from .env import environment
 from .errors import EdgekitError
@@ -72,6 +72,8 @@ class _Entry:
     backend: str
     precision: str
     status: str = "ok"
+    #: what the table calls the row's backend when it differs from the runtime (a variant file)
+    label: str = ""
     reason: str = ""
     artifact: Artifact | None = None
     verification: Verification | None = None
@@ -79,7 +81,9 @@ class _Entry:
     executed: str = ""
 
 
-def _plan(backends: Sequence[str], precisions: Sequence[str]) -> list[_Entry]:
+def _plan(backends: Sequence[str], precisions: Sequence[str], quant_label: str | None = None) -> list[_Entry]:
+    """One entry per (backend, precision). A fake-quant model (`quant_label`, from edgekit
+    quantize) exports only at its own precision; w4a8/mixed exist only for such models."""
     entries = []
     for b in backends:
         backend = get_backend(b)
@@ -88,10 +92,23 @@ def _plan(backends: Sequence[str], precisions: Sequence[str]) -> list[_Entry]:
             why = backend.unavailable()
             if why:
                 e.status, e.reason = "unavailable", why
-            elif (why := backend.unsupported(p)):
+            elif quant_label and p != quant_label:
+                e.status, e.reason = "unsupported", (f"the model is an edgekit {quant_label} quantized checkpoint; "
+                                                     f"it exports as {quant_label} only")
+            elif not quant_label and p in QAT_ONLY:
+                e.status, e.reason = "unsupported", (f"{p} needs a quantization-aware checkpoint: run edgekit "
+                                                     f"quantize{' --bits 4' if p == 'w4a8' else ' --max-drop X'} "
+                                                     "and benchmark its model.pt")
+            elif (why := backend.unsupported(p, quantized=bool(quant_label))):
                 e.status, e.reason = "unsupported", why
             entries.append(e)
     return entries
+
+
+def _quant_label(prep: "Prepared") -> str | None:
+    from .quant import spec_of
+    spec = spec_of(prep.module)
+    return spec.label if spec else None
 
 
 def _export_entries(prep: Prepared, entries: list[_Entry], out_dir: Path, advance) -> None:
@@ -124,7 +141,9 @@ def _verify_entries(prep: Prepared, entries: list[_Entry], threads: list[int],
             runner = e.runners[max(threads)]
             e.executed = runner.executed
             logits, _ = predict(runner, prep.eval_split, prep.card)
-            e.verification = verify(logits, ref, labels, e.precision, tol)
+            # a fake-quant source is compared with its own simulation, not with a float model
+            key = "quantized" if _quant_label(prep) else e.precision
+            e.verification = verify(logits, ref, labels, key, tol)
         except Exception as err:  # noqa: BLE001 - an artifact that cannot run has failed its check
             e.runners.clear()
             e.status, e.reason = "verification failed", f"could not run: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
@@ -146,7 +165,7 @@ def _rows(entries: list[_Entry], threads: list[int], timings: dict) -> list[Row]
         for t in threads if e.runners else [None]:
             tm = timings.get((id(e), t))
             rows.append(Row(
-                backend=e.backend, precision=e.precision, status=e.status,
+                backend=e.label or e.backend, precision=e.precision, status=e.status,
                 size_mb=round(e.artifact.size_mb, 3) if e.artifact else None,
                 top1=round(v.top1, 2) if v else None,
                 agreement=round(v.agreement, 4) if v else None,
@@ -176,7 +195,7 @@ def _moved(entries: list[_Entry], stage: Path, out: Path) -> None:
 def benchmark(model: str | Path, *, data: str | Path, out: str | Path, arch: str | None = None,
               num_classes: int | None = None, trust_pickle: bool = False,
               backends: Sequence[str] | str = DEFAULT_BACKENDS,
-              precisions: Sequence[str] | str = PRECISIONS, threads: Sequence[int] | str | int = (1,),
+              precisions: Sequence[str] | str | None = None, threads: Sequence[int] | str | int = (1,),
               limit: int | None = 1000, calibration_images: int = 300, seed: int = 0,
               timing: TimingConfig | None = None, tolerance: Tolerance | None = None,
               progress: bool = True, title: str = "edgekit benchmark") -> BenchmarkResult:
@@ -187,19 +206,40 @@ def benchmark(model: str | Path, *, data: str | Path, out: str | Path, arch: str
     details.json and environment.json. A row is "ok" only if its artifact exported, ran
     and agreed with the source model within `tolerance`.
     """
-    backends, precisions = parse_backends(backends), parse_precisions(precisions)
+    backends = parse_backends(backends)
     threads = parse_threads(threads)
     out = check_out_dir(Path(out))
-    timing = timing or TimingConfig()
     prep = prepare(model, data=data, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle,
                    limit=limit, calibration_images=calibration_images, seed=seed)
-    entries = _plan(backends, precisions)
+    label = _quant_label(prep)
+    precisions = parse_precisions(precisions or ((label,) if label else DEFAULT_PRECISIONS))
+    entries = _plan(backends, precisions, label)
+    return run_entries(prep, entries, out, threads=threads, timing=timing, tolerance=tolerance,
+                       progress=progress, title=title, env_extra={"model": str(model), "data": str(data)},
+                       seed=seed)
+
+
+def run_entries(prep: Prepared, entries: list[_Entry], out: Path, *, threads: list[int],
+                timing: TimingConfig | None = None, tolerance: Tolerance | None = None,
+                progress: bool = True, title: str = "edgekit benchmark", env_extra: dict | None = None,
+                seed: int = 0, extra: Sequence[tuple[_Entry, Any]] = ()) -> BenchmarkResult:
+    """Export, verify and time planned entries into `out` (staged, then renamed). `extra` adds
+    (entry, exporter) pairs whose artifact comes from `exporter(stage_dir)` instead of a backend."""
+    timing = timing or TimingConfig()
+    entries = list(entries) + [e for e, _ in extra]
     live = [e for e in entries if e.status == "ok"]
     with staged_dir(out) as stage, progress_bar(3 * len(live) + 1, "benchmark", enabled=progress) as adv:
         adv(0, "reference (torch source model)")
         prep.reference()
         adv(1)
-        _export_entries(prep, entries, stage, adv)
+        extra_ids = {id(x) for x, _ in extra}
+        _export_entries(prep, [e for e in entries if id(e) not in extra_ids], stage, adv)
+        for e, exporter in extra:
+            try:
+                e.artifact = exporter(stage)
+            except EdgekitError as err:
+                e.status, e.reason = "export failed", str(err)
+            adv(1)
         _verify_entries(prep, entries, threads, tolerance or Tolerance(), adv)
         timed = [(e, t) for e in entries for t in sorted(e.runners)]
         sample = next(prep.eval_split.batches(timing.throughput_batch, mean=prep.card.mean,
@@ -211,11 +251,11 @@ def benchmark(model: str | Path, *, data: str | Path, out: str | Path, arch: str
         _moved(entries, stage, out)
         rows = _rows(entries, threads, timings)
         env = environment(
-            model=str(model), arch=prep.card.arch, data=str(data), eval_images=len(prep.eval_split),
+            **(env_extra or {}), arch=prep.card.arch, eval_images=len(prep.eval_split),
             input_size=list(prep.card.input_size), mean=list(prep.card.mean), std=list(prep.card.std),
             calibration_images=len(prep.calibration) if prep.calibration else 0, seed=seed,
             timing=timing.__dict__, threads=threads,
-            openvino_default_precision=_ov_default(backends))
+            openvino_default_precision=_ov_default([e.backend for e in entries]))
         write_results(stage, rows, env, title=title, footer=_footer(env))
     return BenchmarkResult(rows, env, out)
 
@@ -249,12 +289,12 @@ def _footer(env: dict) -> str:
 def export(model: str | Path, *, out: str | Path, data: str | Path | None = None,
            arch: str | None = None, num_classes: int | None = None, trust_pickle: bool = False,
            backends: Sequence[str] | str = ("onnxruntime", "openvino"),
-           precisions: Sequence[str] | str = ("fp32",), limit: int | None = 1000,
+           precisions: Sequence[str] | str | None = None, limit: int | None = 1000,
            calibration_images: int = 300, seed: int = 0, tolerance: Tolerance | None = None,
            progress: bool = True) -> list[Row]:
     """Export and verify (no timing). `data` is required: every artifact is checked on real
     images against the source model before it is reported, and INT8 needs calibration images."""
-    backends, precisions = parse_backends(backends), parse_precisions(precisions)
+    backends = parse_backends(backends)
     out = check_out_dir(Path(out))
     if data is None:
         from .errors import InputError
@@ -262,7 +302,9 @@ def export(model: str | Path, *, out: str | Path, data: str | Path | None = None
                          "(a folder of class folders, or 'digits')")
     prep = prepare(model, data=data, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle,
                    limit=limit, calibration_images=calibration_images, seed=seed)
-    entries = _plan(backends, precisions)
+    label = _quant_label(prep)
+    precisions = parse_precisions(precisions or ((label,) if label else ("fp32",)))
+    entries = _plan(backends, precisions, label)
     live = [e for e in entries if e.status == "ok"]
     with staged_dir(out) as stage, progress_bar(2 * len(live) + 1, "export", enabled=progress) as adv:
         prep.reference()

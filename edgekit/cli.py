@@ -58,7 +58,7 @@ def export_cmd(model: str = MODEL, data: str = DATA,
                out: Path = typer.Option(..., "--out", help="Output directory."),
                arch: Optional[str] = ARCH, num_classes: Optional[int] = NUM_CLASSES,
                backends: str = typer.Option("onnxruntime,openvino", "--backends"),
-               precisions: str = typer.Option("fp32", "--precisions", help="fp32,fp16,int8"),
+               precisions: str = typer.Option("", "--precisions", help="fp32,fp16,int8 (default: fp32, or a quantized checkpoint's own precision)"),
                limit: int = LIMIT, calib: int = typer.Option(300, "--calib", help="Calibration images for INT8."),
                seed: int = SEED, trust_pickle: bool = TRUST) -> None:
     """Export to each backend and precision, verifying every artifact on real images."""
@@ -66,7 +66,7 @@ def export_cmd(model: str = MODEL, data: str = DATA,
     from .report import render_rich
 
     rows = export(model, out=out, data=data, arch=arch, num_classes=num_classes,
-                  trust_pickle=trust_pickle, backends=backends, precisions=precisions,
+                  trust_pickle=trust_pickle, backends=backends, precisions=precisions or None,
                   limit=_limit(limit), calibration_images=calib, seed=seed)
     out_console.print(render_rich(rows, title=f"edgekit export -> {out}"))
     _exit_on_failure(rows)
@@ -95,7 +95,7 @@ def benchmark_cmd(model: str = MODEL, data: str = DATA,
                   out: Path = typer.Option(..., "--out", help="Output directory (artifacts + results.*)."),
                   arch: Optional[str] = ARCH, num_classes: Optional[int] = NUM_CLASSES,
                   backends: str = typer.Option("torch,onnxruntime,openvino", "--backends"),
-                  precisions: str = typer.Option("fp32,fp16,int8", "--precisions"),
+                  precisions: str = typer.Option("", "--precisions", help="fp32,fp16,int8,w4a8,mixed (default: fp32,fp16,int8, or a quantized checkpoint's own precision)"),
                   threads: str = typer.Option("1", "--threads", help="e.g. 1 or 1,2"),
                   limit: int = LIMIT, calib: int = typer.Option(300, "--calib"), seed: int = SEED,
                   iters: int = typer.Option(100, "--iters", help="Timed batch-1 calls per row."),
@@ -107,7 +107,7 @@ def benchmark_cmd(model: str = MODEL, data: str = DATA,
     from .report import render_rich
 
     res = benchmark(model, data=data, out=out, arch=arch, num_classes=num_classes,
-                    trust_pickle=trust_pickle, backends=backends, precisions=precisions,
+                    trust_pickle=trust_pickle, backends=backends, precisions=precisions or None,
                     threads=threads, limit=_limit(limit), calibration_images=calib, seed=seed,
                     timing=TimingConfig(warmup=warmup, iters=iters))
     out_console.print(render_rich(res.rows, title=f"edgekit benchmark ({res.environment['eval_images']} images)"))
@@ -221,6 +221,54 @@ def distill_cmd(teacher: str = typer.Option(..., "--teacher", help="Teacher mode
                   feature_weight=feature_weight, config=cfg, resume=resume)
     if _is_main():
         _print_training(res, f"distill {student}")
+
+
+@app.command("quantize")
+def quantize_cmd(model: str = MODEL, data: str = DATA,
+                 out: Path = typer.Option(..., "--out", help="Run directory."),
+                 mode: str = typer.Option("qat", "--mode", help="ptq (calibration only) or qat."),
+                 bits: int = typer.Option(8, "--bits", help="8 (INT8) or 4 (W4A8: 4-bit weights, 8-bit activations)."),
+                 max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Mixed precision: keep the most sensitive layers at higher precision until the PTQ top-1 drop is within X points."),
+                 keep_float: str = typer.Option("", "--keep-float", help="Comma-separated layers to leave in float."),
+                 all_low: bool = typer.Option(False, "--no-first-last-8bit", help="W4A8: quantize the first and last layers to 4 bit too."),
+                 kd: bool = typer.Option(False, "--kd", help="QAT: distil from the float model (KD loss, --alpha/-T)."),
+                 temperature: float = typer.Option(4.0, "--temperature", "-T"),
+                 alpha: float = typer.Option(0.5, "--alpha", help="Weight of the KD loss with --kd."),
+                 profile: Optional[str] = typer.Option(None, "--profile", help="Take runtimes and threads from a hardware profile."),
+                 backends: str = typer.Option("torch,onnxruntime,openvino,tensorrt", "--backends"),
+                 threads: str = typer.Option("1", "--threads", help="e.g. 1 or 1,2"),
+                 calib: int = typer.Option(512, "--calib", help="Calibration images."),
+                 limit: int = LIMIT,
+                 epochs: int = typer.Option(1, "--epochs", help="QAT epochs."), batch_size: int = BATCH,
+                 optimizer: str = OPTIM,
+                 lr: float = typer.Option(0.001, "--lr", help="Peak QAT learning rate (cosine schedule; BN is folded, keep it small)."),
+                 weight_decay: float = typer.Option(0.0, "--weight-decay"), warmup_epochs: float = WARMUP,
+                 label_smoothing: float = SMOOTH, grad_clip: Optional[float] = CLIP,
+                 no_augment: bool = NOAUG, train_limit: int = TLIMIT, eval_limit: int = ELIMIT,
+                 arch: Optional[str] = ARCH, num_classes: Optional[int] = NUM_CLASSES,
+                 seed: int = SEED, resume: bool = RESUME, trust_pickle: bool = TRUST) -> None:
+    """Quantize (PTQ or QAT; INT8, W4A8 or mixed), export to each runtime and verify every artifact."""
+    from .inputs import parse_list
+    from .report import render_rich
+    from .stages import quantize
+
+    cfg = _train_config(epochs, batch_size, optimizer, lr, weight_decay, warmup_epochs,
+                        label_smoothing, grad_clip, no_augment, train_limit, eval_limit, seed)
+    res = quantize(model, data=data, out=out, mode=mode, bits=bits, arch=arch, num_classes=num_classes,
+                   trust_pickle=trust_pickle, config=cfg, kd=kd, temperature=temperature, alpha=alpha,
+                   keep_float=parse_list(keep_float), first_last_8bit=not all_low, max_drop=max_drop,
+                   calibration_images=calib, limit=_limit(limit), backends=backends, threads=threads,
+                   profile=profile, resume=resume, seed=seed)
+    if not _is_main():
+        return
+    steps = f"float {res.fp32_top1:.2f}% -> PTQ {res.ptq_top1:.2f}%"
+    if mode == "qat":
+        steps += f" -> QAT {res.final_top1:.2f}%"
+    out_console.print(f"{res.label} on {res.eval_images} held-out images (fake-quant torch): {steps}", highlight=False)
+    rows = [r for r in res.rows if r.status != "unsupported"]
+    out_console.print(render_rich(rows, title=f"edgekit quantize -> {out}"))
+    out_console.print(f"quantized checkpoint: {res.model_path}; report: {out / 'report.md'}", highlight=False)
+    _exit_on_failure(rows)
 
 
 def _is_main() -> bool:

@@ -62,6 +62,19 @@ def _assert_clean_error(code: int, err: str, *needles: str) -> None:
         assert n in err, (n, err)
 
 
+class DeconvNet(torch.nn.Module):
+    """A classifier with a layer edgekit does not quantize (ConvTranspose2d)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.up = torch.nn.ConvTranspose2d(8, 8, 2, stride=2)
+        self.head = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.head(self.up(torch.relu(self.conv(x))).mean((2, 3)))
+
+
 @pytest.fixture
 def bad_inputs(tmp_path, resnet20_path, cifar_dir):
     garbage = tmp_path / "garbage.pt"
@@ -78,7 +91,9 @@ def bad_inputs(tmp_path, resnet20_path, cifar_dir):
     (badimg / "b" / "also.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    return dict(garbage=garbage, empty=empty, noimg=noimg, badimg=badimg, a_file=a_file,
+    deconv = tmp_path / "deconv.pt"
+    torch.save(DeconvNet(), deconv)
+    return dict(deconv=deconv, garbage=garbage, empty=empty, noimg=noimg, badimg=badimg, a_file=a_file,
                 w=str(resnet20_path), data=str(cifar_dir), tmp=tmp_path)
 
 
@@ -101,6 +116,14 @@ CASES = {
                          ["unreadable image", ".jpg"]),
     "class count mismatch": (["eval", "{w}", "--arch", "cifar_resnet20", "--data", "{badimg}"],
                              ["10 outputs", "2 classes"]),
+    "quantize 3 bits": (["quantize", "{w}", "--arch", "cifar_resnet20", "--data", "digits", "--bits", "3",
+                         "--out", "{tmp}/o"], ["--bits 3", "INT8", "W4A8"]),
+    "quantize unknown mode": (["quantize", "{w}", "--arch", "cifar_resnet20", "--data", "digits", "--mode", "fp8",
+                               "--out", "{tmp}/o"], ["--mode", "ptq", "qat"]),
+    "quantize without images": (["quantize", "{w}", "--arch", "cifar_resnet20", "--data", "{empty}",
+                                 "--out", "{tmp}/o"], ["no class folders"]),
+    "quantize unsupported layer": (["quantize", "{deconv}", "--trust-pickle", "--arch", "cifar_resnet20", "--data", "digits", "--mode", "ptq",
+                                    "--out", "{tmp}/o"], ["unsupported layer", "ConvTranspose2d", "--keep-float"]),
     "out is a file": (["benchmark", "{w}", "--arch", "cifar_resnet20", "--data", "digits",
                        "--out", "{a_file}"], ["a_file", "is a file"]),
 }

@@ -24,11 +24,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..data import Split
     from ..models import ModelCard
 
-__all__ = ["PRECISIONS", "Artifact", "Runner", "Backend", "ExportContext", "BACKENDS",
+__all__ = ["PRECISIONS", "DEFAULT_PRECISIONS", "QAT_ONLY", "Artifact", "Runner", "Backend", "ExportContext", "BACKENDS",
            "register_backend", "get_backend"]
 
-#: Every precision edgekit knows; a backend declares the subset it can produce.
-PRECISIONS = ("fp32", "fp16", "int8")
+#: Every precision edgekit knows; a backend declares the subset it can produce. w4a8 (4-bit
+#: weights, 8-bit activations) and mixed come only from `edgekit quantize` checkpoints.
+PRECISIONS = ("fp32", "fp16", "int8", "w4a8", "mixed")
+#: What a float model is exported to when nobody says otherwise.
+DEFAULT_PRECISIONS = ("fp32", "fp16", "int8")
+#: Precisions that need a quantization-aware checkpoint (see edgekit.quant).
+QAT_ONLY = ("w4a8", "mixed")
 
 
 @dataclass
@@ -85,6 +90,10 @@ class ExportContext:
         self.opset = opset
         self._onnx_fp32: Path | None = None
         self._work = self.out_dir / ".work"
+        from ..quant import spec_of
+        #: set when `module` is a fake-quant model from edgekit quantize: backends then export
+        #: its learned integer grid instead of quantizing it again
+        self.quant = spec_of(module)
 
     def path(self, suffix: str) -> Path:
         """Where an artifact goes: <out>/<stem>_<suffix>."""
@@ -138,8 +147,9 @@ class Backend(ABC):
         """Why this runtime cannot run here (SDK missing, no GPU), or None."""
         return None
 
-    def unsupported(self, precision: str) -> str | None:
-        """Why this backend does not offer `precision`, or None."""
+    def unsupported(self, precision: str, quantized: bool = False) -> str | None:
+        """Why this backend does not offer `precision` (for a fake-quant model if `quantized`),
+        or None."""
         if precision not in self.precisions:
             return f"{self.name} has no {precision} path here (offers {', '.join(self.precisions)})"
         return None

@@ -58,8 +58,8 @@ def executed_ops(path: Path, precision: str) -> str:
             return precision
     int_ops = sum(o in ("QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger") for o in ops)
     float_ops = sum(o in ("Conv", "FusedConv", "Gemm", "MatMul", "FusedGemm") for o in ops)
-    if precision == "int8":
-        return f"int8: {int_ops}/{int_ops + float_ops} conv/matmul in integer kernels"
+    if precision in ("int8", "w4a8", "mixed"):
+        return f"{precision}: {int_ops}/{int_ops + float_ops} conv/matmul in integer kernels"
     if precision == "fp16":
         casts = sum(o == "Cast" for o in ops)
         return f"fp16 weights, {casts} Cast nodes (CPU EP runs most ops in f32)"
@@ -120,7 +120,7 @@ def _toposort(graph) -> None:
 @register_backend
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
-    precisions = ("fp32", "fp16", "int8")
+    precisions = ("fp32", "fp16", "int8", "w4a8", "mixed")
     suffixes = (".onnx",)
     description = "ONNX Runtime, CPU execution provider"
 
@@ -138,6 +138,8 @@ class OnnxRuntimeBackend(Backend):
 
         from ..exporters.onnx import attach_card
 
+        if ctx.quant:
+            return self._export_quantized(ctx, precision)
         src = ctx.onnx_fp32()
         dst = ctx.path(f"{precision}.onnx")
         try:
@@ -161,6 +163,15 @@ class OnnxRuntimeBackend(Backend):
             raise ExportError(f"onnxruntime {precision}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
         notes = {"quantization": "QDQ per-channel, U8 activations / S8 weights, MinMax"} if precision == "int8" else {}
         return ctx.finish(dst, precision, self.name, **notes)
+
+    def _export_quantized(self, ctx: ExportContext, precision: str) -> Artifact:
+        """The learned grid of a fake-quant model, written the way ONNX Runtime fuses it."""
+        from ..exporters.qdq import export_qdq
+
+        dst = ctx.path(f"{precision}.onnx")
+        export_qdq(ctx.module, ctx.card, dst, target="onnxruntime", work=ctx.work_path(""))
+        return ctx.finish(dst, precision, self.name,
+                          quantization="edgekit QAT/PTQ grid: QDQ, U8 activations, S8/S4 per-channel weights")
 
     def load(self, artifact: Artifact, *, threads: int) -> OrtRunner:
         return OrtRunner(artifact.path, precision=artifact.precision, threads=threads)

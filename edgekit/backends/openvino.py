@@ -71,7 +71,7 @@ def default_inference_precision() -> str:
 @register_backend
 class OpenVinoBackend(Backend):
     name = "openvino"
-    precisions = ("fp32", "fp16", "int8")
+    precisions = ("fp32", "fp16", "int8", "w4a8", "mixed")
     suffixes = (".xml",)
     description = "OpenVINO CPU plugin; IR (.xml + .bin); INT8 via NNCF post-training quantization"
 
@@ -87,6 +87,12 @@ class OpenVinoBackend(Backend):
 
         xml = ctx.path(f"{precision}_openvino.xml")
         try:
+            if ctx.quant:  # edgekit's learned grid, as QDQ ONNX that OpenVINO turns into FakeQuantize
+                from ..exporters.qdq import export_qdq
+                src = export_qdq(ctx.module, ctx.card, ctx.work_path("qdq_openvino.onnx"), target="tensorrt")
+                ov.save_model(ov.convert_model(str(src)), str(xml), compress_to_fp16=False)
+                return ctx.finish(xml, precision, self.name, extra_files=(xml.with_suffix(".bin"),),
+                                  quantization="edgekit QAT/PTQ grid via QDQ ONNX")
             model = ov.convert_model(str(ctx.onnx_fp32()))
             notes = {}
             if precision == "int8":

@@ -14,11 +14,11 @@ __all__ = ["TorchBackend", "TorchRunner"]
 class TorchRunner:
     backend = "torch"
 
-    def __init__(self, module, *, precision: str, threads: int) -> None:
+    def __init__(self, module, *, precision: str, threads: int, quantized: str | None = None) -> None:
         self.module = module.eval()
         self.precision = precision
         self.threads = threads
-        self.executed = "f32"
+        self.executed = f"f32 ({quantized} fake-quant simulation)" if quantized else "f32"
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         import torch
@@ -32,22 +32,24 @@ class TorchRunner:
 @register_backend
 class TorchBackend(Backend):
     name = "torch"
-    precisions = ("fp32",)
+    precisions = ("fp32", "int8", "w4a8", "mixed")
     suffixes = (".pt2",)
     description = "PyTorch eager (CPU); artifact is a torch.export program (.pt2)"
 
-    def unsupported(self, precision: str) -> str | None:
+    def unsupported(self, precision: str, quantized: bool = False) -> str | None:
+        if quantized:  # the fake-quant model itself: the simulation every artifact is checked against
+            return None
         if precision == "fp16":
             return "torch eager has no fast FP16 path on CPUs; use openvino or onnxruntime"
         if precision == "int8":
             return "torch eager does not execute INT8 on CPUs; use openvino or onnxruntime"
-        return super().unsupported(precision)
+        return super().unsupported(precision, quantized)
 
     def export(self, ctx: ExportContext, precision: str) -> Artifact:
         from ..errors import ExportError
         from ..models import save_model
 
-        path = ctx.path("fp32.pt2")
+        path = ctx.path(f"{precision}{'_fakequant' if ctx.quant else ''}.pt2")
         try:
             save_model(ctx.module, ctx.card, path)
         except Exception as e:  # noqa: BLE001
@@ -58,4 +60,5 @@ class TorchBackend(Backend):
         from ..models import load_model
 
         loaded = load_model(Path(artifact.path))
-        return TorchRunner(loaded.module, precision=artifact.precision, threads=threads)
+        return TorchRunner(loaded.module, precision=artifact.precision, threads=threads,
+                           quantized=loaded.card.notes.get("quantization"))

@@ -337,6 +337,9 @@ def _from_checkpoint(obj: Mapping[str, Any], path: Path) -> tuple[nn.Module, Mod
         module, _ = get_model(arch, num_classes=card.num_classes, **options)
     except EdgekitError as exc:
         raise ModelLoadError(f"{path} was saved from model {arch}, which cannot be built here: {exc}") from None
+    if obj.get("quantization"):  # edgekit quantize: rebuild the fake-quant structure first
+        from ..quant import rebuild
+        module = rebuild(module, obj["quantization"])
     _fit(module, _strip_prefixes(state), path, arch)
     return module, card
 
@@ -490,7 +493,8 @@ def _checkpoint_writer(module: nn.Module, card: ModelCard, path: Path) -> Callab
             "save it to a .pt2 path (torch.export) instead"
         )
     state = {k: v.detach().to("cpu") for k, v in module.state_dict().items()}
-    problem = _arch_mismatch(state, card)
+    quant = getattr(module, "edgekit_quant", None)  # a fake-quant model from edgekit quantize
+    problem = "" if quant else _arch_mismatch(state, card)
     if problem:
         raise InputError(
             f"cannot save {path} as a {card.arch} checkpoint: {problem} (e.g. after pruning); "
@@ -504,6 +508,8 @@ def _checkpoint_writer(module: nn.Module, card: ModelCard, path: Path) -> Callab
         "card": card.to_dict(),
         "state_dict": state,
     }
+    if quant:
+        payload["quantization"] = dict(quant)
     return lambda tmp: torch.save(payload, tmp)
 
 

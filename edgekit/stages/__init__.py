@@ -2,5 +2,6 @@
 
 from .distill import DistillObjective, distill
 from .finetune import finetune
+from .quantize import QuantizeResult, quantize
 
-__all__ = ["finetune", "distill", "DistillObjective"]
+__all__ = ["finetune", "distill", "DistillObjective", "quantize", "QuantizeResult"]

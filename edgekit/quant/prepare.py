@@ -1,0 +1,225 @@
+"""Turn a float classifier into a fake-quantized one: fold batch norms, pick the layers and their
+bit widths, put activation quantizers on the tensors the deployed graph quantizes, calibrate.
+
+- Batch norms are folded *before* quantization, so the weights QAT learns on the integer grid are
+  exactly the ones the exported graph holds (a runtime folding BN later would move them off it).
+- Activation quantizers belong to tensors, not layers: every tensor that feeds a quantized layer
+  or a residual add gets one ActQuant, shared by those consumers. That is the placement runtimes
+  fuse: ONNX Runtime turns DQ -> Conv -> (Relu) -> Q into QLinearConv and quantized adds into
+  QLinearAdd; OpenVINO and TensorRT run the add in INT8 instead of re-quantizing around it.
+- The result is a torch.fx GraphModule with the original module hierarchy (so parameter names and
+  the model card still apply) plus `aq_<tensor>` quantizers; `QuantSpec` records all of it, and
+  `rebuild` redoes it on a freshly built arch to load a checkpoint.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Iterable
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import fx, nn
+
+from ..errors import InputError
+from .fakequant import QUANT_LAYERS, ActQuant, QuantConv2d, QuantLinear
+
+__all__ = ["QuantSpec", "fold_batchnorm", "plan", "prepare", "calibrate", "is_quantized", "quant_layers",
+           "act_quants", "rebuild", "spec_of", "SPEC_ATTR"]
+
+SPEC_ATTR = "edgekit_quant"
+_UNSUPPORTED = (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_ADDS = (operator.add, operator.iadd, torch.add)
+
+
+class QuantSpec(BaseModel):
+    """Which layers and tensors are quantized and how: stored in checkpoints, enough to rebuild."""
+
+    model_config = ConfigDict(extra="forbid")
+    #: layer name -> weight bits (8 or 4); layers not listed stay float
+    weights: dict[str, int]
+    act_bits: int = 8
+    #: fx node names of the quantized activation tensors
+    tensors: list[str] = Field(default_factory=list)
+    folded_bn: list[str] = Field(default_factory=list)
+    #: the precision name in tables: int8, w4a8 or mixed
+    label: str = "int8"
+
+
+def _trace(model: nn.Module) -> fx.GraphModule:
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"cannot quantize this model: torch.fx could not trace it ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:150]}); edgekit needs a traceable forward to fold batch "
+                         "norms and place quantizers") from None
+
+
+def fold_batchnorm(model: nn.Module) -> list[str]:
+    """Fold every BatchNorm2d that directly follows a Conv2d (its only user) into the conv, in
+    place; the BN becomes an Identity. Returns the folded BN names."""
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+    gm = _trace(model)
+    mods = dict(model.named_modules())
+    folded = []
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(mods.get(node.target), nn.BatchNorm2d):
+            continue
+        src = node.args[0]
+        if not (isinstance(src, fx.Node) and src.op == "call_module"
+                and isinstance(mods.get(src.target), nn.Conv2d) and len(src.users) == 1):
+            continue
+        conv, bn = mods[src.target], mods[node.target]
+        w, b = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
+                                    bn.weight, bn.bias)
+        conv.weight, conv.bias = w, b
+        model.set_submodule(node.target, nn.Identity())
+        folded.append(node.target)
+    return folded
+
+
+def _weight_layers(model: nn.Module) -> list[str]:
+    names = []
+    for name, m in model.named_modules():
+        parent = name.rpartition(".")[0]
+        owner = model.get_submodule(parent) if parent else model
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and not isinstance(owner, nn.MultiheadAttention):
+            names.append(name)
+    return names
+
+
+def plan(model: nn.Module, bits: int, *, keep_float: Iterable[str] = (), first_last_8bit: bool = True,
+         overrides: dict[str, int] | None = None) -> dict[str, int]:
+    """Weight bits per quantizable layer, in definition order. Layers edgekit cannot quantize
+    are an error unless kept float; `overrides` sets single layers (0 = float)."""
+    if bits not in (4, 8):
+        raise InputError(f"--bits {bits} is not supported: use 8 (INT8) or 4 (W4A8: 4-bit weights, "
+                         "8-bit activations)")
+    keep = set(keep_float)
+    names = dict(model.named_modules())
+    unknown = sorted(keep - set(names))
+    if unknown:
+        raise InputError(f"--keep-float names unknown layer(s) {', '.join(unknown[:5])}; layer names are "
+                         "as in model.named_modules(), e.g. " + ", ".join(_weight_layers(model)[:3]))
+    bad = [f"{n} ({type(m).__name__})" for n, m in names.items() if isinstance(m, _UNSUPPORTED) and n not in keep]
+    if bad:
+        raise InputError(f"unsupported layer for quantization: {', '.join(bad[:3])}; edgekit quantizes Conv2d "
+                         f"and Linear layers: keep it in float with --keep-float {bad[0].split(' ')[0]}")
+    layers = [n for n in _weight_layers(model) if n not in keep]
+    if not layers:
+        raise InputError("the model has no Conv2d or Linear layer to quantize")
+    weights = {n: bits for n in layers}
+    if bits == 4 and first_last_8bit:
+        weights[layers[0]] = weights[layers[-1]] = 8
+    weights.update({k: v for k, v in (overrides or {}).items() if k in weights})
+    return {n: b for n, b in weights.items() if b}
+
+
+def _is_add(node: fx.Node) -> bool:
+    return ((node.op == "call_function" and node.target in _ADDS)
+            or (node.op == "call_method" and node.target in ("add", "add_")))
+
+
+def _quantize_tensors(gm: fx.GraphModule, layers: set[str], act_bits: int,
+                      tensors: list[str] | None) -> list[str]:
+    """Insert one ActQuant per chosen tensor, used by its quantized consumers. `tensors` replays
+    a stored choice (by node name); None chooses: inputs of quantized layers and of adds."""
+    def consumers(node: fx.Node) -> list[fx.Node]:
+        return [u for u in node.users
+                if (u.op == "call_module" and u.target in layers and u.args and u.args[0] is node)
+                or _is_add(u)]
+
+    nodes = {n.name: n for n in gm.graph.nodes}
+    if tensors is None:
+        chosen = [n for n in gm.graph.nodes if n.op not in ("output", "get_attr") and consumers(n)]
+    else:
+        missing = [t for t in tensors if t not in nodes]
+        if missing:
+            raise InputError(f"the quantized checkpoint does not match this model's graph (no tensor "
+                             f"{missing[0]!r}): was it saved by another edgekit or model version?")
+        chosen = [nodes[t] for t in tensors]
+    for node in chosen:
+        users = consumers(node)
+        name = f"aq_{node.name}"
+        gm.add_submodule(name, ActQuant(act_bits))
+        with gm.graph.inserting_after(node):
+            q = gm.graph.call_module(name, (node,))
+        for u in users:
+            u.replace_input_with(node, q)
+    gm.graph.lint()
+    gm.recompile()
+    return [n.name for n in chosen]
+
+
+def _drop_identities(gm: fx.GraphModule) -> None:
+    """Bypass Identity and empty Sequential calls (folded BNs, plain shortcuts). Otherwise a
+    tensor and its identity alias get two quantizers whose scales drift apart in QAT, the
+    producing conv then feeds two QuantizeLinear nodes, and ONNX Runtime no longer fuses it."""
+    mods = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        m = mods.get(node.target) if node.op == "call_module" else None
+        if isinstance(m, nn.Identity) or (isinstance(m, nn.Sequential) and len(m) == 0):
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+    gm.recompile()
+
+
+def prepare(model: nn.Module, weights: dict[str, int], *, act_bits: int = 8, label: str = "int8",
+            tensors: list[str] | None = None) -> fx.GraphModule:
+    """Fold BN, swap the planned layers for fake-quant ones, quantize their input tensors (and
+    residual adds'). The caller calibrates. `model` itself is modified (BN folded)."""
+    folded = fold_batchnorm(model)
+    gm = _trace(model)
+    _drop_identities(gm)
+    for name, b in weights.items():
+        layer = gm.get_submodule(name)
+        cls = QUANT_LAYERS.get(type(layer))
+        if cls is None:
+            raise InputError(f"layer {name} ({type(layer).__name__}) cannot be quantized")
+        gm.set_submodule(name, cls.from_float(layer, b))
+    chosen = _quantize_tensors(gm, set(weights), act_bits, tensors)
+    spec = QuantSpec(weights=dict(weights), act_bits=act_bits, tensors=chosen, folded_bn=folded, label=label)
+    setattr(gm, SPEC_ATTR, spec.model_dump())
+    return gm
+
+
+def rebuild(model: nn.Module, spec: dict) -> fx.GraphModule:
+    """A freshly built float arch -> the quantized structure a stored spec describes (load its
+    state_dict afterwards)."""
+    s = QuantSpec.model_validate(spec)
+    return prepare(model, s.weights, act_bits=s.act_bits, label=s.label, tensors=s.tensors)
+
+
+def spec_of(model: nn.Module) -> QuantSpec | None:
+    raw = getattr(model, SPEC_ATTR, None)
+    return QuantSpec.model_validate(raw) if isinstance(raw, dict) else None
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return spec_of(model) is not None
+
+
+def quant_layers(model: nn.Module) -> dict[str, QuantConv2d | QuantLinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, (QuantConv2d, QuantLinear))}
+
+
+def act_quants(model: nn.Module) -> dict[str, ActQuant]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, ActQuant)}
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> None:
+    """Set every activation scale from real images (MSE-optimal clipping on observed values)."""
+    aqs = list(act_quants(model).values())
+    was = model.training
+    model.eval()
+    for a in aqs:
+        a.observing = True
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        for a in aqs:
+            a.calibrate()
+        model.train(was)

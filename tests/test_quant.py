@@ -1,0 +1,206 @@
+"""Quantization on real models and real images: BN folding, fake-quant grid, QDQ exports run in
+ONNX Runtime and OpenVINO and agree with the fake-quant model, W4A8 is smaller, QAT beats PTQ,
+mixed precision stays within its budget, quantized checkpoints reload and benchmark."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import edgekit
+from edgekit.bench import TimingConfig
+from edgekit.backends.onnxruntime import OrtRunner
+from edgekit.backends.openvino import OvRunner
+from edgekit.data import load_dataset
+from edgekit.errors import InputError
+from edgekit.exporters.qdq import check_tensorrt_rules, export_qdq
+from edgekit.models import get_model
+from edgekit.quant import (QuantConv2d, act_quants, calibrate, fold_batchnorm, plan, prepare,
+                           quant_layers)
+from edgekit.train import TrainConfig
+from edgekit.train.engine import evaluate_top1
+
+
+@pytest.fixture(scope="module")
+def r20(resnet20_path, cifar_dir):
+    loaded = edgekit.load_model(resnet20_path, arch="cifar_resnet20")
+    ds = load_dataset(cifar_dir, input_size=tuple(loaded.card.input_size))
+    card = loaded.card
+    calib = [x for x, _ in ds.calibration(256, seed=0).batches(64, mean=card.mean, std=card.std)]
+    test = ds.evaluation(300, seed=0)
+    x_test = torch.cat([x for x, _ in test.batches(300, mean=card.mean, std=card.std)])
+    return loaded.module, card, ds, calib, test, x_test
+
+
+def _ptq(module, bits, calib):
+    q = prepare(copy.deepcopy(module), plan(module, bits), label={8: "int8", 4: "w4a8"}[bits])
+    calibrate(q, calib)
+    return q.eval()
+
+
+def _agreement(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a.argmax(1) == b.argmax(1)).mean())
+
+
+def test_fold_batchnorm_keeps_outputs(r20):
+    module, _, _, _, _, x = r20
+    ref = module.eval()(x[:32])
+    folded = copy.deepcopy(module)
+    names = fold_batchnorm(folded)
+    assert len(names) == 19  # every conv of ResNet-20 is followed by a BN
+    assert torch.allclose(folded.eval()(x[:32]), ref, atol=1e-4)
+    # a torchvision model with non-trivial BN statistics folds the same way
+    tv, _ = get_model("mobilenet_v2", num_classes=10)
+    for m in tv.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    xi = torch.randn(2, 3, 64, 64)
+    ref = tv.eval()(xi)
+    fold_batchnorm(tv)
+    assert torch.allclose(tv(xi), ref, atol=1e-3)
+
+
+def test_plan_and_placement(r20):
+    module = r20[0]
+    w8 = plan(module, 8)
+    assert len(w8) == 20 and set(w8.values()) == {8}
+    w4 = plan(module, 4)
+    assert w4["conv1"] == 8 and w4["linear"] == 8 and w4["layer2.1.conv1"] == 4
+    q = prepare(copy.deepcopy(module), w4, label="w4a8")
+    layers = quant_layers(q)
+    assert len(layers) == 20 and layers["layer2.1.conv1"].w_bits == 4
+    tensors = q.edgekit_quant["tensors"]
+    # inputs of quantized layers and both operands of every residual add carry a quantizer
+    # (folded BNs and identity shortcuts are bypassed, so the add sees conv2's output and relu's)
+    assert "x" in tensors and "layer1_0_conv2" in tensors and "relu" in tensors
+    # one quantizer per tensor: two on the same value drift apart in QAT and break ORT's fusion
+    for node in q.graph.nodes:
+        assert sum(u.op == "call_module" and u.target.startswith("aq_") for u in node.users) <= 1, node.name
+    assert len(act_quants(q)) == len(tensors)
+    with pytest.raises(InputError, match="--bits 3"):
+        plan(module, 3)
+    with pytest.raises(InputError, match="unknown layer"):
+        plan(module, 8, keep_float=["no.such.layer"])
+
+
+def test_fake_quant_weights_on_integer_grid(r20):
+    q = _ptq(r20[0], 4, r20[3])
+    conv = quant_layers(q)["layer1.0.conv1"]
+    assert isinstance(conv, QuantConv2d)
+    iw, s = conv.int_weight()
+    assert iw.abs().max() <= 7 and torch.equal(iw, iw.round())
+    assert torch.allclose(conv.quant_weight(), iw * s.view(-1, 1, 1, 1), atol=1e-7)
+
+
+def test_qdq_exports_run_and_agree(r20, tmp_path):
+    module, card, _, calib, _, x = r20
+    q = _ptq(module, 8, calib)
+    with torch.no_grad():
+        ref = q(x).numpy()
+    trt = export_qdq(q, card, tmp_path / "trt.onnx", target="tensorrt")
+    ort_file = export_qdq(q, card, tmp_path / "ort.onnx", target="onnxruntime")
+    assert check_tensorrt_rules(trt) == []
+    # the ONNX Runtime flavour uses unsigned activations: not TensorRT's rules, and the checker says so
+    assert check_tensorrt_rules(ort_file)
+    weights = [t for t in onnx.load(str(trt)).graph.initializer
+               if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2]
+    assert len(weights) == 20  # every conv/linear weight is stored as INT8
+    ort_runner = OrtRunner(ort_file, precision="int8", threads=1)
+    assert ort_runner.executed.startswith("int8: 19/19")  # every conv in an integer kernel
+    agree_ort = _agreement(ort_runner(x.numpy()), ref)
+    trt_on_ort = _agreement(OrtRunner(trt, precision="int8", threads=1)(x.numpy()), ref)
+    import openvino as ov
+    ov.save_model(ov.convert_model(str(trt)), str(tmp_path / "ov.xml"), compress_to_fp16=False)
+    ov_runner = OvRunner(tmp_path / "ov.xml", precision="int8", threads=1)
+    assert "i8 x20" in ov_runner.executed or "u8" in ov_runner.executed
+    agree_ov = _agreement(ov_runner(x.numpy()), ref)
+    assert min(agree_ort, trt_on_ort, agree_ov) >= 0.97, (agree_ort, trt_on_ort, agree_ov)
+
+
+def test_w4a8_exports_smaller_and_runs(r20, tmp_path):
+    module, card, _, calib, _, x = r20
+    q8, q4 = _ptq(module, 8, calib), _ptq(module, 4, calib)
+    f8 = export_qdq(q8, card, tmp_path / "int8.onnx", target="tensorrt")
+    f4 = export_qdq(q4, card, tmp_path / "w4a8.onnx", target="tensorrt")
+    assert check_tensorrt_rules(f4) == []
+    m4 = onnx.load(str(f4))
+    assert max(o.version for o in m4.opset_import if o.domain in ("", "ai.onnx")) >= 21
+    int4 = [t for t in m4.graph.initializer if t.data_type == onnx.TensorProto.INT4 and len(t.dims) >= 2]
+    assert len(int4) == 18  # all but the first and last layer
+    assert f4.stat().st_size < 0.65 * f8.stat().st_size
+    with torch.no_grad():
+        ref = q4(x).numpy()
+    out = OrtRunner(f4, precision="w4a8", threads=1)(x.numpy())
+    assert _agreement(out, ref) >= 0.95
+
+
+def test_qat_beats_ptq_and_checkpoint_reloads(resnet20_path, cifar_dir, tmp_path):
+    """A few hundred QAT steps on real images end at or above PTQ; the artifacts run and agree;
+    the quantized checkpoint reloads bit-identically and benchmarks at its own precision."""
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=0.001, weight_decay=0.0, train_limit=6400, seed=0)
+    res = edgekit.quantize(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "q",
+                                  mode="qat", bits=8, config=cfg, calibration_images=256, limit=500,
+                                  backends=("torch", "onnxruntime", "openvino"), progress=False,
+                                  timing=TimingConfig(warmup=1, iters=5, passes=1, throughput_iters=1))
+    assert res.training is not None and len(res.training.history) == 1
+    assert res.final_top1 >= res.ptq_top1, (res.ptq_top1, res.final_top1)
+    rows = {r.backend: r for r in res.rows}
+    for name in ("torch", "onnxruntime", "openvino", "onnxruntime (tensorrt-rules file)"):
+        assert rows[name].status == "ok", (name, rows[name].details.get("reason"))
+        assert rows[name].precision == "int8"
+        assert rows[name].agreement >= 0.97, (name, rows[name].agreement)
+    assert rows["onnxruntime"].details["executed"].startswith("int8: 19/19")
+    for f in ("model.pt", "model_int8.onnx", "model_int8_openvino.xml", "model_int8_tensorrt.onnx",
+              "report.md", "quantize.json", "results.json"):
+        assert (tmp_path / "q" / f).exists(), f
+    # the checkpoint rebuilds the fake-quant model exactly
+    again = edgekit.load_model(tmp_path / "q" / "model.pt")
+    x = torch.randn(4, 3, 32, 32)
+    assert again.card.notes["quantization"] == "int8"
+    original = edgekit.load_model(tmp_path / "q" / "model.pt").module
+    assert torch.equal(again.module(x), original(x))
+    bench = edgekit.benchmark(tmp_path / "q" / "model.pt", data=cifar_dir, out=tmp_path / "b", limit=200,
+                              backends="onnxruntime", progress=False,
+                              timing=TimingConfig(warmup=1, iters=5, passes=1, throughput_iters=1))
+    assert [(r.backend, r.precision, r.status) for r in bench.rows] == [("onnxruntime", "int8", "ok")]
+    # a float model has no w4a8 row to offer
+    plain = edgekit.benchmark(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "c", limit=50,
+                              backends="onnxruntime", precisions="w4a8", progress=False)
+    assert plain.rows[0].status == "unsupported" and "edgekit" in plain.rows[0].details["reason"]
+
+
+def test_mixed_precision_within_budget(resnet20_path, cifar_dir, tmp_path):
+    res = edgekit.quantize(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "m",
+                                  mode="ptq", bits=4, max_drop=1.0, calibration_images=128, limit=100,
+                                  backends=("onnxruntime",), progress=False,
+                                  timing=TimingConfig(warmup=1, iters=5, passes=1, throughput_iters=1))
+    assert len(res.sensitivity) == 20 and all("drop" in s for s in res.sensitivity)
+    assert res.raised, "W4 everywhere loses more than 1 point on ResNet-20: some layers must go up"
+    assert res.label == "mixed"
+    assert res.mixed_drop is not None and res.mixed_drop <= 1.0
+    most = max(res.sensitivity, key=lambda s: s["drop"])["layer"]
+    assert most in res.raised
+    ort = next(r for r in res.rows if r.backend == "onnxruntime")
+    assert ort.status == "ok" and ort.precision == "mixed"
+
+
+def test_unsupported_layer_is_named():
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+            self.up = torch.nn.ConvTranspose2d(4, 4, 2)
+            self.fc = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(self.up(self.conv(x)).mean((2, 3)))
+
+    with pytest.raises(InputError, match="up .ConvTranspose2d"):
+        plan(Net(), 8)
+    weights = plan(Net(), 8, keep_float=["up"])
+    assert set(weights) == {"conv", "fc"}
