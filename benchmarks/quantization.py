@@ -175,6 +175,27 @@ def checks(rows: list[dict]) -> dict:
     }
 
 
+def support_matrix(res: dict) -> list[str]:
+    """Runtime x precision: does it run, what really executes, size, latency (1 thread)."""
+    kinds = [("ONNX Runtime (`model_<p>.onnx`)", lambda r: r["runtime"] == "onnxruntime" and "TensorRT" not in r["method"]),
+             ("OpenVINO IR (`model_<p>_openvino.xml`)", lambda r: r["runtime"] == "openvino"),
+             ("TensorRT-rules QDQ file, run on ONNX Runtime", lambda r: "TensorRT" in r["method"])]
+    methods = {"INT8": "edgekit int8 QAT", "W4A8": "edgekit W4A8 QAT", "mixed": "edgekit mixed QAT"}
+    md = ["| runtime | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for name, pick in kinds:
+        cells = []
+        for method in methods.values():
+            r = next((r for r in res["rows"] if r["method"].startswith(method) and pick(r)), None)
+            cells.append("-" if r is None else
+                         f"runs: {r['executed']}; {r['size_mb']:.3f} MB; {r['p50_ms_1t']:.2f} ms")
+        md.append(f"| {name} | " + " | ".join(cells) + " |")
+    rules = [next((r.get("tensorrt_rules", "-") for r in res["rows"]
+                   if r["method"].startswith(m) and "TensorRT" in r["method"]), "-") for m in methods.values()]
+    md.append("| TensorRT | " + " | ".join(
+        f"not installed here; the TensorRT-rules file passes the explicit-quantization check: {ok}" for ok in rules) + " |")
+    return md
+
+
 def markdown(results: list[dict], env: dict, args) -> str:
     md = ["# Quantization benchmark (CIFAR-10 JPEG test set, every row measured on the deployed artifact)", ""]
     for res in results:
@@ -186,7 +207,10 @@ def markdown(results: list[dict], env: dict, args) -> str:
             md.append(f"| {r['method']} | {r['runtime']} | {r['precision']} | {r['top1']:.2f} | "
                       f"{100 * r['agree_fp32']:.2f} | {fq} | {r['size_mb']:.3f} | {r['p50_ms_1t']:.3f} / "
                       f"{r['p90_ms_1t']:.3f} | {r['p50_ms_2t']:.3f} / {r['p90_ms_2t']:.3f} | {r['executed']} |")
-        md += ["", "Checks: " + ", ".join(f"{k} = {v}" for k, v in res["checks"].items()), ""]
+        md += ["", "Checks: " + ", ".join(f"{k} = {v}" for k, v in res["checks"].items()), "",
+               f"Runtime support matrix ({res['model']}, measured above; `executed` is read from the "
+               "optimized ONNX Runtime graph and OpenVINO's compiled runtime model):", ""]
+        md += support_matrix(res) + [""]
     md += [f"Setup: {args.limit or 'all 10,000'} test images; {CALIB} calibration images (train split, seed 0) "
            f"shared by every method; QAT {args.qat_epochs} epoch(s), SGD lr 0.001 cosine, batch 128, full train "
            f"split; mixed = W4 with the most sensitive layers raised to W8 until the PTQ drop <= {args.max_drop} "
@@ -199,6 +223,7 @@ def markdown(results: list[dict], env: dict, args) -> str:
 
 
 def main() -> None:
+    global WORKQ, TRAIN_LIMIT
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--models", default="resnet20,mobilenet_v2")
     ap.add_argument("--fp32-epochs", type=int, default=2)
@@ -211,7 +236,6 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=WORKQ, help="run folders (smoke runs: elsewhere)")
     args = ap.parse_args()
     require_shared()
-    global WORKQ, TRAIN_LIMIT
     WORKQ, TRAIN_LIMIT = args.work, args.train_limit or None
     results = [bench_model(m.strip(), args) for m in args.models.split(",") if m.strip()]
     env = environment(threads=[1, 2], calibration_images=CALIB, qat_epochs=args.qat_epochs)
