@@ -13,10 +13,10 @@ from .errors import EdgekitError
 from .evaluate import evaluate
 from .models import get_model, list_models, load_model, save_model
 from .profiles import get_profile, list_profiles
-from .stages import distill, finetune, quantize
+from .stages import distill, finetune, prune, quantize
 
 __version__ = "0.1.0"
 
 __all__ = ["benchmark", "export", "compress", "demo", "evaluate", "EdgekitError", "get_model",
            "list_models", "load_model", "save_model", "get_profile", "list_profiles", "finetune", "distill",
-           "quantize", "__version__"]
+           "quantize", "prune", "__version__"]

@@ -271,6 +271,52 @@ def quantize_cmd(model: str = MODEL, data: str = DATA,
     _exit_on_failure(rows)
 
 
+@app.command("prune")
+def prune_cmd(model: str = MODEL, data: str = DATA,
+              out: Path = typer.Option(..., "--out", help="Run directory."),
+              ratio: Optional[float] = typer.Option(None, "--ratio", help="Fraction of prunable channels to remove."),
+              target_macs: Optional[float] = typer.Option(None, "--target-macs", help="Keep this fraction of the MACs, e.g. 0.5."),
+              target_latency_ms: Optional[float] = typer.Option(None, "--target-latency-ms", help="Prune until the measured batch-1 latency on the profile's first runtime is at most this."),
+              sparsity: Optional[float] = typer.Option(None, "--sparsity", help="Unstructured: zero this fraction of weights (measured: no speed-up on these runtimes)."),
+              importance: str = typer.Option("l2", "--importance", help="l1, l2, bn (BN scale) or taylor."),
+              per_layer: bool = typer.Option(False, "--per-layer", help="Same ratio in every layer instead of one global ranking."),
+              channel_multiple: Optional[int] = typer.Option(None, "--channel-multiple", help="Kept channels are multiples of this (default: the profile's, else 8)."),
+              keep: str = typer.Option("", "--keep", help="Comma-separated layers never pruned."),
+              steps: int = typer.Option(1, "--steps", help="Iterative pruning: prune a step, recover, repeat."),
+              no_recover: bool = typer.Option(False, "--no-recover", help="Skip recovery training."),
+              kd: bool = typer.Option(False, "--kd", help="Recover by distilling from the unpruned model."),
+              temperature: float = typer.Option(4.0, "--temperature", "-T"),
+              alpha: float = typer.Option(0.9, "--alpha"),
+              compare_rounding: bool = typer.Option(False, "--compare-rounding", help="Also time the same target without channel rounding."),
+              profile: Optional[str] = typer.Option(None, "--profile", help="Runtimes, threads and channel multiple from a hardware profile."),
+              backends: str = typer.Option("", "--backends", help="Runtimes to time on (default: the profile's, else onnxruntime)."),
+              threads: str = typer.Option("", "--threads", help="e.g. 1 or 1,2 (default: the profile's, else 1)."),
+              limit: int = LIMIT,
+              epochs: int = typer.Option(1, "--epochs", help="Recovery epochs per step."), batch_size: int = BATCH,
+              optimizer: str = OPTIM, lr: float = typer.Option(0.01, "--lr", help="Peak recovery learning rate."),
+              weight_decay: float = WD, warmup_epochs: float = WARMUP, label_smoothing: float = SMOOTH,
+              grad_clip: Optional[float] = CLIP, no_augment: bool = NOAUG, train_limit: int = TLIMIT,
+              eval_limit: int = ELIMIT, arch: Optional[str] = ARCH, num_classes: Optional[int] = NUM_CLASSES,
+              seed: int = SEED, resume: bool = RESUME, trust_pickle: bool = TRUST) -> None:
+    """Prune channels for measured speed (or weights for sparsity), recover, and time the result."""
+    from .inputs import parse_list
+    from .stages import prune
+
+    cfg = _train_config(epochs, batch_size, optimizer, lr, weight_decay, warmup_epochs,
+                        label_smoothing, grad_clip, no_augment, train_limit, eval_limit, seed)
+    res = prune(model, data=data, out=out, ratio=ratio, target_macs=target_macs,
+                target_latency_ms=target_latency_ms, sparsity=sparsity, importance=importance,
+                global_pruning=not per_layer, channel_multiple=channel_multiple, keep=parse_list(keep),
+                steps=steps, config=cfg, recover=not no_recover, kd=kd, temperature=temperature, alpha=alpha,
+                profile=profile, backends=backends or None, threads=threads or None,
+                compare_rounding=compare_rounding, limit=_limit(limit), arch=arch, num_classes=num_classes,
+                trust_pickle=trust_pickle, resume=resume, seed=seed)
+    if _is_main():
+        out_console.print((out / "report.md").read_text(), highlight=False)
+        out_console.print(f"pruned checkpoint: {res.model_path} (use it with edgekit export/quantize/benchmark)",
+                          highlight=False)
+
+
 def _is_main() -> bool:
     return os.environ.get("RANK", "0") == "0"
 

@@ -29,6 +29,8 @@ class Profile(BaseModel):
     threads: list[int] = Field(default_factory=lambda: [1], min_length=1)
     calibration_images: int = Field(300, gt=0)
     eval_images: int | None = Field(1000, gt=0)
+    #: pruning keeps channel counts at multiples of this (the runtime's vector width in elements)
+    channel_multiple: int = Field(8, ge=1)
 
     @field_validator("runtimes")
     @classmethod

@@ -337,6 +337,9 @@ def _from_checkpoint(obj: Mapping[str, Any], path: Path) -> tuple[nn.Module, Mod
         module, _ = get_model(arch, num_classes=card.num_classes, **options)
     except EdgekitError as exc:
         raise ModelLoadError(f"{path} was saved from model {arch}, which cannot be built here: {exc}") from None
+    if obj.get("resized"):  # a pruned model: the arch at the stored layer widths
+        from .resize import resize_like
+        resize_like(module, _strip_prefixes(state))
     if obj.get("quantization"):  # edgekit quantize: rebuild the fake-quant structure first
         from ..quant import rebuild
         module = rebuild(module, obj["quantization"])
@@ -494,10 +497,10 @@ def _checkpoint_writer(module: nn.Module, card: ModelCard, path: Path) -> Callab
         )
     state = {k: v.detach().to("cpu") for k, v in module.state_dict().items()}
     quant = getattr(module, "edgekit_quant", None)  # a fake-quant model from edgekit quantize
-    problem = "" if quant else _arch_mismatch(state, card)
+    problem, resized = _arch_mismatch(state, card, quantized=bool(quant))
     if problem:
         raise InputError(
-            f"cannot save {path} as a {card.arch} checkpoint: {problem} (e.g. after pruning); "
+            f"cannot save {path} as a {card.arch} checkpoint: {problem}; "
             "save it to a .pt2 path (torch.export) instead"
         )
     payload = {
@@ -508,26 +511,39 @@ def _checkpoint_writer(module: nn.Module, card: ModelCard, path: Path) -> Callab
         "card": card.to_dict(),
         "state_dict": state,
     }
+    if resized:  # pruned: load_model rebuilds the arch at these widths (models/resize.py)
+        payload["resized"] = True
     if quant:
         payload["quantization"] = dict(quant)
     return lambda tmp: torch.save(payload, tmp)
 
 
-def _arch_mismatch(state: Mapping[str, torch.Tensor], card: ModelCard) -> str:
-    """Why `state` would not load into a fresh `card.arch` (empty when it would)."""
+def _arch_mismatch(state: Mapping[str, torch.Tensor], card: ModelCard, quantized: bool = False) -> tuple[str, bool]:
+    """(why `state` would not load into a fresh `card.arch`, or "", and whether it loads only
+    after resizing layers: a pruned model). A fake-quant model's keys differ by design (BN folded,
+    quantizers added): only the shapes of the keys both have are compared."""
+    from .resize import RESIZABLE
+
     assert card.arch is not None
     try:  # the meta device skips weight init; a few builders need real tensors
         with torch.device("meta"):
-            reference = get_model(card.arch, num_classes=card.num_classes, **card.arch_kwargs)[0].state_dict()
+            model = get_model(card.arch, num_classes=card.num_classes, **card.arch_kwargs)[0]
     except EdgekitError:
         raise
     except Exception:  # noqa: BLE001
-        reference = get_model(card.arch, num_classes=card.num_classes, **card.arch_kwargs)[0].state_dict()
+        model = get_model(card.arch, num_classes=card.num_classes, **card.arch_kwargs)[0]
+    reference = model.state_dict()
+    if quantized:
+        return "", any(tuple(reference[k].shape) != tuple(v.shape) for k, v in state.items() if k in reference)
     missing = [k for k in reference if k not in state]
     unexpected = [k for k in state if k not in reference]
     if missing or unexpected:
-        return f"{len(missing)} missing and {len(unexpected)} unexpected keys ({_few(missing + unexpected)})"
+        return f"{len(missing)} missing and {len(unexpected)} unexpected keys ({_few(missing + unexpected)})", False
     resized = [k for k in reference if tuple(reference[k].shape) != tuple(state[k].shape)]
-    if resized:
-        return f"{len(resized)} tensors changed shape ({_few(resized)})"
-    return ""
+    if not resized:
+        return "", False
+    mods = dict(model.named_modules())
+    odd = sorted({k.rpartition(".")[0] for k in resized if not isinstance(mods.get(k.rpartition(".")[0]), RESIZABLE)})
+    if odd:
+        return f"{len(resized)} tensors changed shape, in layers edgekit cannot rebuild ({_few(odd)})", False
+    return "", True

@@ -71,6 +71,8 @@ def fold_batchnorm(model: nn.Module) -> list[str]:
                 and isinstance(mods.get(src.target), nn.Conv2d) and len(src.users) == 1):
             continue
         conv, bn = mods[src.target], mods[node.target]
+        if bn.num_features != conv.out_channels:  # rebuilding a pruned checkpoint: weights come after
+            bn = nn.BatchNorm2d(conv.out_channels)
         w, b = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
                                     bn.weight, bn.bias)
         conv.weight, conv.bias = w, b

@@ -2,6 +2,7 @@
 
 from .distill import DistillObjective, distill
 from .finetune import finetune
+from .prune import PruneResult, prune
 from .quantize import QuantizeResult, quantize
 
-__all__ = ["finetune", "distill", "DistillObjective", "quantize", "QuantizeResult"]
+__all__ = ["finetune", "distill", "DistillObjective", "quantize", "QuantizeResult", "prune", "PruneResult"]
