@@ -21,7 +21,7 @@ class Tolerance(BaseModel):
     #: "quantized" applies to every artifact of an edgekit fake-quant model, checked against that
     #: model: the runtime should compute the same integer grid (differences are rounding only).
     min_agreement: dict[str, float] = Field(
-        default_factory=lambda: {"fp32": 0.999, "fp16": 0.99, "int8": 0.95, "quantized": 0.98})
+        default_factory=lambda: {"fp32": 0.999, "fp16": 0.99, "int8": 0.95, "quantized": 0.99})
     #: Largest allowed top-1 drop (points) against the source model, per precision.
     max_top1_drop: dict[str, float] = Field(
         default_factory=lambda: {"fp32": 0.2, "fp16": 0.5, "int8": 2.0, "quantized": 1.0})

@@ -127,3 +127,12 @@ def test_prune_bad_inputs(resnet20_path, cifar_dir, tmp_path):
     with pytest.raises(InputError, match="not reachable"):
         edgekit.prune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "b",
                       target_latency_ms=0.001, recover=False, limit=50, progress=False)
+
+
+def test_more_pruning_never_gives_a_bigger_model(resnet20_path):
+    """With channel rounding, a layer that would round to 0 keeps one multiple (Torch-Pruning's
+    own rounding put it back to full width, so ratio 0.9 pruned less than 0.6)."""
+    loaded = edgekit.load_model(resnet20_path, arch="cifar_resnet20")
+    macs = [prune_channels(loaded.module, (3, 32, 32), r, channel_multiple=8).macs_after for r in (0.3, 0.6, 0.9)]
+    assert macs[0] >= macs[1] >= macs[2], macs
+    assert macs[2] < 0.35 * count_macs(loaded.module, (3, 32, 32))

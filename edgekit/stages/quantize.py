@@ -59,7 +59,7 @@ def quantize(model: str | Path, *, data: str | Path, out: str | Path, mode: str 
              alpha: float = 0.5, keep_float: Sequence[str] = (), first_last_8bit: bool = True,
              max_drop: float | None = None, calibration_images: int = 512, limit: int | None = 1000,
              backends: Sequence[str] | str = ("torch", "onnxruntime", "openvino", "tensorrt"),
-             threads: Sequence[int] | str | int = (1,), timing=None, profile: str | None = None,
+             threads: Sequence[int] | str | int = (1,), timing=None, tolerance=None, profile: str | None = None,
              resume: bool = False, progress: bool = True, seed: int = 0) -> QuantizeResult:
     """Quantize `model` on `data` and deploy it; see the module docstring. Writes into `out`:
     model.pt (the quantized checkpoint, loadable by every edgekit command), the runtime
@@ -140,7 +140,7 @@ def quantize(model: str | Path, *, data: str | Path, out: str | Path, mode: str 
     prep = Prepared(q, qcard, str(data), eval_split, calib_split)
     entries = _plan(backends, [label], label)
     trt = _Entry("onnxruntime", label, label="onnxruntime (tensorrt-rules file)")
-    res = run_entries(prep, entries, out, threads=threads, timing=timing, progress=progress,
+    res = run_entries(prep, entries, out, threads=threads, timing=timing, tolerance=tolerance, progress=progress,
                       title=f"edgekit quantize ({mode} {label})", seed=seed,
                       env_extra={"model": str(model), "data": str(data), "mode": mode, "precision": label},
                       extra=[(trt, lambda stage: _tensorrt_file(q, qcard, stage, label))])

@@ -1,0 +1,171 @@
+"""Structured pruning for measured speed, on the full CIFAR-10 JPEG test set, in one run.
+
+ResNet-56 (shared weights fine-tuned on train/, the same teacher as benchmarks/distill.py) pruned
+to 2x and 3x fewer MACs with recovery training (KD from the unpruned model), the 2x prune again
+with unrounded channel counts (timing only), and the MobileNetV2 student (from the distillation
+or quantization benchmark) at 1.5x. Every model is scored on all 10,000 test images; FP32 and
+INT8 (edgekit PTQ, the quantization path) latency on ONNX Runtime and OpenVINO at 1 and 2
+threads, batch 1, all variants of a model timed in one interleaved run.
+
+Resumable: run folders under benchmarks/work/prune/. Writes benchmarks/results/pruning.{json,md}.
+
+    python benchmarks/pruning.py [--teacher-epochs 3] [--recovery-epochs 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from _common import CIFAR, RESULTS, WORK, require_shared, weights
+
+import edgekit
+from edgekit._io import atomic_write_json, atomic_write_text
+from edgekit.backends.onnxruntime import OrtRunner
+from edgekit.backends.openvino import OvRunner
+from edgekit.bench import TimingConfig, time_runners
+from edgekit.data import load_dataset
+from edgekit.env import environment
+from edgekit.exporters.onnx import export_onnx
+from edgekit.models.stats import count_macs, count_params
+from edgekit.stages import finetune, prune, quantize
+from edgekit.train import TrainConfig
+from edgekit.train.engine import evaluate_top1
+
+WORKP = WORK / "prune"
+TEACHER = WORK / "distill" / "teacher"
+TRAIN_LIMIT = None  # --train-limit: smoke runs of the whole script
+
+
+def teacher(epochs: int) -> Path:
+    res = finetune(weights(56), arch="cifar_resnet56", data=CIFAR, out=TEACHER, resume=True,
+                   config=TrainConfig(epochs=epochs, batch_size=128, lr=0.01, seed=0, train_limit=TRAIN_LIMIT))
+    return res.best_path
+
+
+def student() -> Path | None:
+    for p in (WORK / "distill" / "KD" / "best.pt", WORK / "quant" / "mobilenet_v2_fp32" / "last.pt"):
+        if p.exists():
+            return p
+    return None
+
+
+def pruned(src: Path, name: str, args, **kw) -> Path:
+    folder = WORKP / name
+    if not (folder / "prune.json").exists():
+        cfg = TrainConfig(epochs=max(args.recovery_epochs, 1), batch_size=128, lr=0.01, seed=0,
+                          train_limit=TRAIN_LIMIT)
+        prune(src, data=CIFAR, out=folder, config=cfg, limit=1000, resume=True, backends="onnxruntime",
+              threads=(1,), timing=TimingConfig(warmup=2, iters=10, passes=1, throughput_iters=1), **kw)
+    return folder / "model.pt"
+
+
+def int8(model: Path, name: str) -> Path:
+    folder = WORKP / f"{name}_int8"
+    if not (folder / "quantize.json").exists():
+        quantize(model, data=CIFAR, out=folder, mode="ptq", bits=8, calibration_images=512, limit=500,
+                 backends=("onnxruntime", "openvino"), threads=(1,),
+                 timing=TimingConfig(warmup=2, iters=10, passes=1, throughput_iters=1))
+    return folder
+
+
+def bench(models: dict[str, Path], args) -> dict:
+    first = edgekit.load_model(next(iter(models.values())))
+    card = first.card
+    ds = load_dataset(CIFAR, input_size=card.input_size)
+    test = ds.evaluation(args.limit or None)
+    rows, runners = [], []
+    sample = next(test.batches(1, mean=card.mean, std=card.std))[0].numpy()
+    for name, path in models.items():
+        loaded = edgekit.load_model(path)
+        m = loaded.module.eval()
+        info = {"variant": name, "top1": round(evaluate_top1(m, test, loaded.card)[0], 2),
+                "macs": count_macs(m, loaded.card.input_size), "params": count_params(m)}
+        onnx_fp32 = WORKP / f"{path.parent.name}_{path.stem}_fp32.onnx"
+        if not onnx_fp32.exists():
+            export_onnx(m, loaded.card, onnx_fp32)
+        import openvino as ov
+        xml = onnx_fp32.with_suffix(".xml")
+        if not xml.exists():
+            ov.save_model(ov.convert_model(str(onnx_fp32)), str(xml), compress_to_fp16=False)
+        q = int8(path, f"{path.parent.name}_{path.stem}")
+        files = {("onnxruntime", "fp32"): onnx_fp32, ("openvino", "fp32"): xml,
+                 ("onnxruntime", "int8"): q / "model_int8.onnx", ("openvino", "int8"): q / "model_int8_openvino.xml"}
+        for (backend, prec), f in files.items():
+            mk = OrtRunner if backend == "onnxruntime" else OvRunner
+            rows.append({**info, "backend": backend, "precision": prec})
+            runners.append({t: mk(f, precision=prec, threads=t) for t in (1, 2)})
+    timing = TimingConfig(warmup=20, iters=args.iters, passes=args.passes, throughput_iters=2)
+    for t in (1, 2):
+        res = time_runners([r[t] for r in runners], sample, timing)
+        for row, tm in zip(rows, res):
+            row[f"p50_ms_{t}t"], row[f"p90_ms_{t}t"] = round(tm.latency_ms_p50, 3), round(tm.latency_ms_p90, 3)
+    base = {(r["backend"], r["precision"]): r for r in rows if r["variant"] == next(iter(models))}
+    for r in rows:
+        b = base[(r["backend"], r["precision"])]
+        r["mac_reduction"] = round(b["macs"] / r["macs"], 2)
+        for t in (1, 2):
+            r[f"speedup_{t}t"] = round(b[f"p50_ms_{t}t"] / r[f"p50_ms_{t}t"], 2)
+    return {"rows": rows}
+
+
+def markdown(results: dict, env: dict, args) -> str:
+    md = ["# Pruning benchmark (CIFAR-10 JPEG test set; latency measured, batch 1)", ""]
+    for model, res in results.items():
+        md += [f"## {model}", "", "| variant | top-1 % | MACs | params | MAC reduction | runtime | precision | "
+               "p50/p90 ms 1 thr | speed-up 1 thr | p50/p90 ms 2 thr | speed-up 2 thr |", "|---|" + "---|" * 10]
+        for r in res["rows"]:
+            md.append(f"| {r['variant']} | {r['top1']:.2f} | {r['macs'] / 1e6:.1f}M | {r['params']:,} | "
+                      f"{r['mac_reduction']:.2f}x | {r['backend']} | {r['precision']} | {r['p50_ms_1t']:.3f} / "
+                      f"{r['p90_ms_1t']:.3f} | {r['speedup_1t']:.2f}x | {r['p50_ms_2t']:.3f} / {r['p90_ms_2t']:.3f} | "
+                      f"{r['speedup_2t']:.2f}x |")
+        md.append("")
+    md += [f"Setup: {args.limit or 'all 10,000'} test images; recovery {args.recovery_epochs} epoch(s) per prune, "
+           "SGD lr 0.01 cosine, batch 128, KD from the unpruned model (T 4, alpha 0.9); L2 importance, global "
+           "ranking, channel multiple 8 unless stated; INT8 = edgekit PTQ (512 calibration images). Latency: "
+           f"interleaved passes, {args.iters} calls per row per thread count.",
+           f"CPU {env['cpu']['model']}; torch {env['versions']['torch']}, onnxruntime {env['versions']['onnxruntime']}, "
+           f"openvino {env['versions']['openvino']}, torch-pruning {env['versions']['torch-pruning']}; {env['date']}.", ""]
+    return "\n".join(md)
+
+
+def main() -> None:
+    global WORKP, TEACHER, TRAIN_LIMIT
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--teacher-epochs", type=int, default=3)
+    ap.add_argument("--recovery-epochs", type=int, default=4)
+    ap.add_argument("--limit", type=int, default=0, help="test images (0 = all)")
+    ap.add_argument("--iters", type=int, default=300)
+    ap.add_argument("--passes", type=int, default=6)
+    ap.add_argument("--train-limit", type=int, default=0, help="smoke runs: train on N images (0 = all)")
+    ap.add_argument("--work", type=Path, default=WORKP, help="run folders and results (smoke runs: elsewhere)")
+    args = ap.parse_args()
+    require_shared()
+    if args.work != WORKP:
+        WORKP, TEACHER = args.work, args.work / "teacher"
+    TRAIN_LIMIT = args.train_limit or None
+    results_dir = RESULTS if args.work == WORK / "prune" else args.work
+    r56 = teacher(args.teacher_epochs)
+    models = {"ResNet-56": {"unpruned (fine-tuned)": r56,
+                            "2x fewer MACs + recovery": pruned(r56, "r56_2x", args, target_macs=0.5, kd=True),
+                            "3x fewer MACs + recovery": pruned(r56, "r56_3x", args, target_macs=1 / 3, kd=True),
+                            "2x fewer MACs, widths not rounded (no recovery)": pruned(
+                                r56, "r56_2x_unrounded", args, target_macs=0.5, channel_multiple=1, recover=False)}}
+    mbv2 = student()
+    if mbv2 is not None:
+        models["MobileNetV2 student"] = {"unpruned": mbv2,
+                                         "1.5x fewer MACs + recovery": pruned(mbv2, "mbv2_1.5x", args,
+                                                                              target_macs=2 / 3, kd=True)}
+    results = {name: bench(ms, args) for name, ms in models.items()}
+    env = environment(threads=[1, 2], recovery_epochs=args.recovery_epochs)
+    atomic_write_json(results_dir / "pruning.json", {"results": results, "environment": env, "args": vars(args)})
+    md = markdown(results, env, args)
+    atomic_write_text(results_dir / "pruning.md", md)
+    print(md)
+    print(json.dumps({m: [(r["variant"], r["backend"], r["precision"], r["top1"], r["speedup_1t"]) for r in res["rows"]]
+                      for m, res in results.items()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
