@@ -124,6 +124,12 @@ CASES = {
                                  "--out", "{tmp}/o"], ["no class folders"]),
     "quantize unsupported layer": (["quantize", "{deconv}", "--trust-pickle", "--arch", "cifar_resnet20", "--data", "digits", "--mode", "ptq",
                                     "--out", "{tmp}/o"], ["unsupported layer", "ConvTranspose2d", "--keep-float"]),
+    "prune ratio 1": (["prune", "{w}", "--arch", "cifar_resnet20", "--data", "{data}", "--ratio", "1.0",
+                       "--out", "{tmp}/p"], ["--ratio", "between 0 and 1"]),
+    "prune two goals": (["prune", "{w}", "--arch", "cifar_resnet20", "--data", "{data}", "--ratio", "0.3",
+                         "--target-macs", "0.5", "--out", "{tmp}/p"], ["exactly one of", "--ratio", "--target-macs"]),
+    "prune unknown importance": (["prune", "{w}", "--arch", "cifar_resnet20", "--data", "{data}", "--ratio", "0.3",
+                                  "--importance", "random", "--out", "{tmp}/p"], ["--importance", "l1", "taylor"]),
     "out is a file": (["benchmark", "{w}", "--arch", "cifar_resnet20", "--data", "digits",
                        "--out", "{a_file}"], ["a_file", "is a file"]),
 }

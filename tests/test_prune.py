@@ -101,6 +101,10 @@ def test_unstructured_is_honest(resnet20_path, cifar_dir, tmp_path):
     assert s["params_after"] == s["params_before"] and s["macs_after"] == s["macs_before"]
     assert s["state_dict_gzip_bytes"] < 0.8 * s["state_dict_gzip_bytes_unpruned"]
     assert "do not change" in (tmp_path / "s" / "report.md").read_text()
+    # a finished step is not redone on --resume: same weights, same record
+    again = edgekit.prune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "s", sparsity=0.5,
+                          recover=False, limit=100, progress=False, timing=FAST, resume=True)
+    assert again.steps == res.steps and again.summary["sparsity"] == s["sparsity"]
 
 
 class SliceNet(nn.Module):

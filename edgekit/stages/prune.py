@@ -77,6 +77,12 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
                          f"or --sparsity (unstructured); got {', '.join('--' + k.replace('_', '-') for k in goals) or 'none'}")
     if steps < 1:
         raise InputError("--steps must be >= 1")
+    from ..pruning import IMPORTANCES
+    if importance not in IMPORTANCES:
+        raise InputError(f"unknown --importance {importance!r}; valid: {', '.join(IMPORTANCES)}")
+    for name, v in (("ratio", ratio), ("target-macs", target_macs), ("sparsity", sparsity)):
+        if v is not None and not 0.0 < v < 1.0:
+            raise InputError(f"--{name} must be between 0 and 1 (exclusive), got {v}")
     if target_latency_ms is not None and target_latency_ms <= 0:
         raise InputError("--target-latency-ms must be > 0")
     prof = None
@@ -116,9 +122,13 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
     current = module
     for i in range(1, steps + 1):
         step_path = out / f"step{i}.pt"
-        if resume and step_path.exists():  # this step (prune + recovery) already finished
+        if resume and step_path.exists() and step_path.with_suffix(".json").exists():  # step already done
+            import json
+
             from ..models import load_model
             current = load_model(step_path).module
+            step_log.append(json.loads(step_path.with_suffix(".json").read_text()))
+            pruned_top1 = step_log[0]["top1_pruned"]
             continue
         frac = i / steps
         if method == "sparsity":
@@ -150,6 +160,7 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
             rec["top1_recovered"] = tr.history[-1]["eval_top1"]
         current = res_model
         save_model(current, card, step_path)
+        atomic_write_json(step_path.with_suffix(".json"), rec)
         step_log.append(rec)
     current.eval()
     top1_final = evaluate_top1(current, eval_split, card)[0]
