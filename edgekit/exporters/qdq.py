@@ -87,6 +87,7 @@ def export_qdq(qmodel: "nn.Module", card: "ModelCard", path: Path, *, target: st
     model = onnx.load(str(float_path))
     float_path.unlink(missing_ok=True)
     _Rewriter(model, records, target).run()
+    _compact_names(model.graph)
     if int4:
         _set_opset(model, 21)
     try:
@@ -98,6 +99,27 @@ def export_qdq(qmodel: "nn.Module", card: "ModelCard", path: Path, *, target: st
     tmp.replace(path)
     attach_card(path, card)
     return path
+
+
+def _compact_names(graph) -> None:
+    """Short tensor and node names. The exporter's module-path names were ~15% of a small
+    model's file (MobileNetV2 x0.5: 90 KB of 560 KB at W4A8); the graph's inputs and outputs
+    keep their names."""
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output}
+    new: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in keep:
+            return name
+        return new.setdefault(name, f"t{len(new)}")
+
+    for t in graph.initializer:
+        t.name = short(t.name)
+    for i, n in enumerate(graph.node):
+        n.name = f"n{i}"
+        n.input[:] = [short(x) for x in n.input]
+        n.output[:] = [short(x) for x in n.output]
+    del graph.value_info[:]
 
 
 def _set_opset(model, version: int) -> None:
