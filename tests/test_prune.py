@@ -21,7 +21,9 @@ from edgekit.exporters.onnx import export_onnx
 from edgekit.models import get_model
 from edgekit.models.stats import count_macs, count_params
 from edgekit.pruning import prune_channels, sparsify
+from edgekit.data import load_dataset
 from edgekit.train import TrainConfig
+from edgekit.train.engine import evaluate_top1
 
 FAST = TimingConfig(warmup=2, iters=10, passes=1, throughput_iters=1)
 
@@ -74,9 +76,7 @@ def test_prune_recover_reload(resnet20_path, cifar_dir, tmp_path):
     s = res.summary
     assert 0.45 <= s["macs_after"] / s["macs_before"] <= 0.52
     assert res.top1_final > res.top1_pruned + 5, (res.top1_pruned, res.top1_final)
-    rows = {(r["variant"], r["backend"]): r for r in res.latency}
-    assert rows[("unpruned", "onnxruntime")]["speedup_vs_unpruned"] == 1.0
-    assert rows[("pruned", "onnxruntime")]["latency_ms_p50"] > 0
+    assert {(r["variant"], r["backend"]) for r in res.latency} == {("unpruned", "onnxruntime"), ("pruned", "onnxruntime")}
     assert (tmp_path / "p" / "report.md").exists() and (tmp_path / "p" / "prune.json").exists()
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     here = edgekit.load_model(res.model_path).module.eval()(x).detach().numpy()
@@ -88,6 +88,12 @@ def test_prune_recover_reload(resnet20_path, cifar_dir, tmp_path):
     bench = edgekit.benchmark(res.model_path, data=cifar_dir, out=tmp_path / "b", limit=100,
                               backends="onnxruntime", precisions="fp32", progress=False, timing=FAST)
     assert bench.rows[0].status == "ok"
+    # pruned, then quantized: the checkpoint rebuilds (new widths, BN folded) and scores the same
+    q = edgekit.quantize(res.model_path, data=cifar_dir, out=tmp_path / "q", mode="ptq", calibration_images=128,
+                         limit=100, backends=("onnxruntime",), progress=False, timing=FAST)
+    reloaded = edgekit.load_model(q.model_path)
+    split = load_dataset(cifar_dir, input_size=reloaded.card.input_size).evaluation(100, seed=0)
+    assert evaluate_top1(reloaded.module, split, reloaded.card)[0] == q.final_top1
 
 
 def test_unstructured_is_honest(resnet20_path, cifar_dir, tmp_path):

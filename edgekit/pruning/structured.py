@@ -24,7 +24,7 @@ from torch import nn
 from ..errors import InputError
 from ..models.stats import count_macs, count_params
 
-__all__ = ["IMPORTANCES", "PruneOutcome", "prune_channels", "prune_to_macs", "widths"]
+__all__ = ["IMPORTANCES", "PruneOutcome", "prune_channels", "prune_to_macs", "risky_layers"]
 
 
 def _importance(name: str):
@@ -74,19 +74,20 @@ def _classifier(model: nn.Module) -> nn.Module | None:
     return last
 
 
-def _risky_roots(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
-    """Layers whose output-channel group passes through ops the graph may map wrongly."""
+def risky_layers(model: nn.Module, input_size: Sequence[int]) -> list[str]:
+    """Names of the layers whose output-channel group passes through ops the dependency graph
+    may map wrongly. Depends only on the architecture: searches compute it once."""
     import torch_pruning as tp
     from torch_pruning.ops import OPTYPE
 
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, *input_size))
     risky_types = {getattr(OPTYPE, t) for t in _RISKY if hasattr(OPTYPE, t)}
     out = []
-    for m in model.modules():
+    for name, m in model.named_modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             group = dg.get_pruning_group(m, dg.get_pruner_of_module(m).prune_out_channels, idxs=[0])
             if any(dep.target.type in risky_types for dep, _ in group):
-                out.append(m)
+                out.append(name)
     return out
 
 
@@ -134,28 +135,27 @@ def _prune_once(model: nn.Module, example: torch.Tensor, ratio: float, importanc
 
 def prune_channels(model: nn.Module, input_size: Sequence[int], ratio: float, *, importance: str = "l2",
                    global_pruning: bool = True, channel_multiple: int = 8, keep: Iterable[str] = (),
-                   grad_batches: Callable | None = None) -> PruneOutcome:
+                   grad_batches: Callable | None = None, risky: list[str] | None = None) -> PruneOutcome:
     """Remove `ratio` of the prunable channels (a copy of `model`; the classifier's outputs and
-    the layers named in `keep` are not pruned)."""
+    the layers named in `keep` are not pruned). `risky` passes `risky_layers(model)` when the
+    caller already has it."""
     if not 0.0 <= ratio < 1.0:
         raise InputError(f"--ratio must be in [0, 1) (the fraction of channels removed), got {ratio}")
     if importance not in IMPORTANCES:
         raise InputError(f"unknown --importance {importance!r}; valid: {', '.join(IMPORTANCES)}")
     example = torch.zeros(1, *input_size)
-    base = copy.deepcopy(model).eval()
-    names = dict(base.named_modules())
-    unknown = [k for k in keep if k not in names]
+    m = copy.deepcopy(model).eval()
+    mods = dict(m.named_modules())
+    unknown = [k for k in keep if k not in mods]
     if unknown:
         raise InputError(f"--keep names unknown layer(s) {', '.join(unknown[:3])} (see model.named_modules())")
     with torch.no_grad():
-        out_shape = base(example).shape
-    macs0, params0 = count_macs(base, input_size), sum(p.numel() for p in base.parameters())
+        out_shape = m(example).shape
+    macs0, params0 = count_macs(m, input_size), count_params(m)
     if ratio == 0.0:
-        return PruneOutcome(base, 0.0, macs0, macs0, params0, params0, "none", channel_multiple)
-    m = copy.deepcopy(base)
-    mods = dict(m.named_modules())
-    risky = _risky_roots(m, example)
-    ignored = [mods[k] for k in keep] + [c for c in [_classifier(m)] if c is not None] + risky
+        return PruneOutcome(m, 0.0, macs0, macs0, params0, params0, "none", channel_multiple)
+    risky = risky_layers(m, input_size) if risky is None else risky
+    ignored = [mods[k] for k in [*keep, *risky]] + [c for c in [_classifier(m)] if c is not None]
     prunable = [x for x in m.modules() if isinstance(x, (nn.Conv2d, nn.Linear)) and not any(x is i for i in ignored)]
     if not prunable:
         raise InputError("nothing in this architecture can be pruned safely: every layer's channels pass through "
@@ -185,6 +185,7 @@ def prune_to_macs(model: nn.Module, input_size: Sequence[int], target: float, *,
     if not 0.0 < target < 1.0:
         raise InputError(f"--target-macs must be in (0, 1) (fraction of the original MACs kept), got {target}")
     tried: dict[float, PruneOutcome] = {}
+    kw.setdefault("risky", risky_layers(model, input_size))  # the same for every candidate
 
     def at(r: float) -> float:
         r = round(r, 4)
@@ -210,8 +211,3 @@ def prune_to_macs(model: nn.Module, input_size: Sequence[int], target: float, *,
                          f"{least.macs_after / least.macs_before:.2f}x the MACs ({least.mode}"
                          f"{'; ' + least.notes[0] if least.notes else ''}); ask for less, or lower --channel-multiple")
     return min(ok, key=lambda o: (abs(o.macs_after / o.macs_before - target), o.ratio))
-
-
-def widths(model: nn.Module) -> dict[str, int]:
-    """Output channels of every conv (for reports: rounded widths are visible)."""
-    return {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}

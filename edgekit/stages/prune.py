@@ -11,7 +11,9 @@ unrounded widths) in one interleaved run on the profile's runtimes -> prune.json
 from __future__ import annotations
 
 import copy
+import functools
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -113,6 +115,7 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
         raise InputError(f"{data} has no train/ split for recovery training: give train/ and test/ folders "
                          "or pass --no-recover")
 
+    @functools.cache  # a MAC/latency search prunes many candidates: decode the images once
     def grad_batches():
         split = (ds.train or eval_split).subset(256, seed=seed)
         return list(split.batches(64, mean=card.mean, std=card.std))
@@ -185,7 +188,6 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
                          top1_final, len(eval_split), summary, step_log, latency)
     atomic_write_json(out / "prune.json", result.to_dict())
     atomic_write_text(out / "report.md", _report(result))
-    import shutil
     shutil.rmtree(out / ".work", ignore_errors=True)
     return result
 
@@ -250,8 +252,10 @@ def _prune_to_latency(model, card, size, target_ms, backend, threads, **kw):
 
     from ..bench import TimingConfig
     from ..pruning import prune_channels
+    from ..pruning.structured import risky_layers
 
     timing = TimingConfig(warmup=5, iters=60, passes=3, throughput_iters=1)
+    kw["risky"] = risky_layers(model, size)
     with tempfile.TemporaryDirectory() as tmp:
         def latency(m, name):
             return measure_latency({name: m}, card, Path(tmp) / name, [backend], [threads], timing)[0]["latency_ms_p50"]
