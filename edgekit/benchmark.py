@@ -198,13 +198,14 @@ def benchmark(model: str | Path, *, data: str | Path, out: str | Path, arch: str
               precisions: Sequence[str] | str | None = None, threads: Sequence[int] | str | int = (1,),
               limit: int | None = 1000, calibration_images: int = 300, seed: int = 0,
               timing: TimingConfig | None = None, tolerance: Tolerance | None = None,
-              progress: bool = True, title: str = "edgekit benchmark") -> BenchmarkResult:
+              progress: bool = True, title: str = "edgekit benchmark", profile: str | None = None) -> BenchmarkResult:
     """Export `model` to every backend x precision, verify each on real images, time it.
 
     Every artifact is written under `out` with its model card, and `out` receives
     results.json (one object per row, keys = ROW_KEYS), results.md, results.csv,
     details.json and environment.json. A row is "ok" only if its artifact exported, ran
-    and agreed with the source model within `tolerance`.
+    and agreed with the source model within `tolerance`. With `profile`, every row also gets
+    the latency the profile's latency model predicts (labelled "predicted").
     """
     backends = parse_backends(backends)
     threads = parse_threads(threads)
@@ -216,16 +217,20 @@ def benchmark(model: str | Path, *, data: str | Path, out: str | Path, arch: str
     entries = _plan(backends, precisions, label)
     return run_entries(prep, entries, out, threads=threads, timing=timing, tolerance=tolerance,
                        progress=progress, title=title, env_extra={"model": str(model), "data": str(data)},
-                       seed=seed)
+                       seed=seed, profile=profile)
 
 
 def run_entries(prep: Prepared, entries: list[_Entry], out: Path, *, threads: list[int],
                 timing: TimingConfig | None = None, tolerance: Tolerance | None = None,
                 progress: bool = True, title: str = "edgekit benchmark", env_extra: dict | None = None,
-                seed: int = 0, extra: Sequence[tuple[_Entry, Any]] = ()) -> BenchmarkResult:
+                seed: int = 0, extra: Sequence[tuple[_Entry, Any]] = (), profile: str | None = None) -> BenchmarkResult:
     """Export, verify and time planned entries into `out` (staged, then renamed). `extra` adds
     (entry, exporter) pairs whose artifact comes from `exporter(stage_dir)` instead of a backend."""
     timing = timing or TimingConfig()
+    prof = None
+    if profile:
+        from .profiles import get_profile
+        prof = get_profile(profile)  # a bad profile fails before any work
     entries = list(entries) + [e for e, _ in extra]
     live = [e for e in entries if e.status == "ok"]
     with staged_dir(out) as stage, progress_bar(3 * len(live) + 1, "benchmark", enabled=progress) as adv:
@@ -250,6 +255,8 @@ def run_entries(prep: Prepared, entries: list[_Entry], out: Path, *, threads: li
         timings = {(id(e), t): tm for (e, t), tm in zip(timed, results)}
         _moved(entries, stage, out)
         rows = _rows(entries, threads, timings)
+        if prof is not None:
+            add_predictions(rows, prep, prof, stage / ".predict")
         env = environment(
             **(env_extra or {}), arch=prep.card.arch, eval_images=len(prep.eval_split),
             input_size=list(prep.card.input_size), mean=list(prep.card.mean), std=list(prep.card.std),
@@ -258,6 +265,33 @@ def run_entries(prep: Prepared, entries: list[_Entry], out: Path, *, threads: li
             openvino_default_precision=_ov_default([e.backend for e in entries]))
         write_results(stage, rows, env, title=title, footer=_footer(env))
     return BenchmarkResult(rows, env, out)
+
+
+def add_predictions(rows: list[Row], prep: Prepared, prof, work: Path) -> None:
+    """details["predicted_ms"]: the profile's latency model on the source model's ONNX graph at
+    each row's precision and threads (for a non-host profile, its own runtime and threads)."""
+    import shutil
+
+    from .exporters.onnx import export_onnx
+    from .latency import graph_work
+    from .latency import predict as predict_latency
+
+    try:
+        layers = graph_work(export_onnx(prep.module.eval(), prep.card, work / "model.onnx"))
+    except EdgekitError:
+        return
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    host = prof.name == "host"
+    for r in rows:
+        runtime = r.backend if r.backend in prof.runtimes else None
+        try:
+            p = predict_latency(layers, prof, precision=r.precision, runtime=runtime,
+                        threads=(r.threads or 1) if host else None, batch=1)
+        except EdgekitError:
+            continue
+        r.details.update(predicted_ms=round(p.latency_ms, 4), predicted_profile=prof.name,
+                         predicted_threads=p.threads, predicted_runtime=p.runtime)
 
 
 def _ov_default(backends: Sequence[str]) -> str | None:

@@ -100,6 +100,7 @@ def benchmark_cmd(model: str = MODEL, data: str = DATA,
                   limit: int = LIMIT, calib: int = typer.Option(300, "--calib"), seed: int = SEED,
                   iters: int = typer.Option(100, "--iters", help="Timed batch-1 calls per row."),
                   warmup: int = typer.Option(10, "--warmup"),
+                  profile: Optional[str] = typer.Option(None, "--profile", help="Add the latency this profile's model predicts (e.g. jetson, rpi, host)."),
                   trust_pickle: bool = TRUST) -> None:
     """Export, verify and time every backend x precision; write results.json/.md/.csv."""
     from .bench import TimingConfig
@@ -109,7 +110,7 @@ def benchmark_cmd(model: str = MODEL, data: str = DATA,
     res = benchmark(model, data=data, out=out, arch=arch, num_classes=num_classes,
                     trust_pickle=trust_pickle, backends=backends, precisions=precisions or None,
                     threads=threads, limit=_limit(limit), calibration_images=calib, seed=seed,
-                    timing=TimingConfig(warmup=warmup, iters=iters))
+                    timing=TimingConfig(warmup=warmup, iters=iters), profile=profile)
     out_console.print(render_rich(res.rows, title=f"edgekit benchmark ({res.environment['eval_images']} images)"))
     out_console.print(f"results: {out / 'results.json'}", highlight=False)
 
@@ -276,7 +277,7 @@ def prune_cmd(model: str = MODEL, data: str = DATA,
               out: Path = typer.Option(..., "--out", help="Run directory."),
               ratio: Optional[float] = typer.Option(None, "--ratio", help="Fraction of prunable channels to remove."),
               target_macs: Optional[float] = typer.Option(None, "--target-macs", help="Keep this fraction of the MACs, e.g. 0.5."),
-              target_latency_ms: Optional[float] = typer.Option(None, "--target-latency-ms", help="Prune until the measured batch-1 latency on the profile's first runtime is at most this."),
+              target_latency_ms: Optional[float] = typer.Option(None, "--target-latency-ms", help="Prune until batch-1 latency is at most this: measured here (no profile, or --profile host), predicted by the latency model for another --profile."),
               sparsity: Optional[float] = typer.Option(None, "--sparsity", help="Unstructured: zero this fraction of weights (measured: no speed-up on these runtimes)."),
               importance: str = typer.Option("l2", "--importance", help="l1, l2, bn (BN scale) or taylor."),
               per_layer: bool = typer.Option(False, "--per-layer", help="Same ratio in every layer instead of one global ranking."),
@@ -337,21 +338,81 @@ def demo_cmd(out: Path = typer.Option(Path("runs/demo"), "--out", help="Run dire
 
 @profiles_app.command("list")
 def profiles_list() -> None:
-    """List the shipped hardware profiles."""
+    """List the hardware profiles (shipped, and `host`) with their aliases."""
+    from rich.table import Table
+
     from .profiles import get_profile, list_profiles
 
+    t = Table(title="edgekit profiles")
+    for col in ("name", "aliases", "runs on", "runtimes", "precisions", "description"):
+        t.add_column(col)
     for name in list_profiles():
-        out_console.print(f"{name:20s} {get_profile(name).description}", highlight=False)
+        p = get_profile(name)
+        u = p.unit()
+        t.add_row(name, ", ".join(p.aliases), f"{u.kind} ({u.units} units)", ", ".join(p.runtimes),
+                  ", ".join(p.precisions), p.description)
+    out_console.print(t)
 
 
 @profiles_app.command("show")
-def profiles_show(name: str = typer.Argument(..., help="Profile name or YAML path.")) -> None:
-    """Print a profile's validated fields."""
+def profiles_show(name: str = typer.Argument(..., help="Profile name, alias, 'host' or a YAML path.")) -> None:
+    """Print a profile's validated fields (YAML)."""
     import yaml
 
     from .profiles import get_profile
 
     print(yaml.safe_dump(get_profile(name).model_dump(), sort_keys=False), end="")
+
+
+@profiles_app.command("calibrate")
+def profiles_calibrate(out: Optional[Path] = typer.Option(None, "--out", help="Calibration file (default: $EDGEKIT_HOST_PROFILE or ~/.cache/edgekit/host.yaml)."),
+                       runtimes: str = typer.Option("onnxruntime,openvino", "--runtimes"),
+                       precisions: str = typer.Option("fp32,int8", "--precisions"),
+                       threads: int = typer.Option(1, "--threads"),
+                       iters: int = typer.Option(40, "--iters", help="Timed calls per model and runtime.")) -> None:
+    """Fit the `host` profile's efficiency factors from micro-benchmarks and reference models timed here."""
+    from .inputs import parse_backends, parse_list
+    from .latency.calibrate import calibrate
+
+    rts = [r for r in parse_backends(runtimes) if r in ("onnxruntime", "openvino")]
+    if not rts:
+        from .errors import InputError
+        raise InputError("calibrate measures onnxruntime and/or openvino on this host: pass --runtimes onnxruntime,openvino")
+    bad = [p for p in parse_list(precisions) if p not in ("fp32", "int8")]
+    if bad:
+        from .errors import InputError
+        raise InputError(f"calibrate measures fp32 and int8, not {', '.join(bad)}")
+    rec = calibrate(out, runtimes=rts, precisions=parse_list(precisions), threads=threads, iters=iters,
+                    progress=lambda name: out_console.print(f"measuring {name}", highlight=False))
+    errs = [abs(f["predicted_ms"] / f["measured_ms"] - 1) for f in rec["fit"]]
+    out_console.print(f"fitted {len(rec['efficiency']) - 1} runtime/precision factor sets on {len(rec['models'])} "
+                      f"models; fit error median {100 * sorted(errs)[len(errs) // 2]:.0f}%; memory bandwidth "
+                      f"{rec['bandwidth_gbs']} GB/s; written to {out or _cal_path()}", highlight=False)
+
+
+def _cal_path():
+    from .profiles import calibration_path
+    return calibration_path()
+
+
+@profiles_app.command("predict")
+def profiles_predict(model: str = MODEL, profile: str = typer.Option(..., "--profile", help="Profile name, alias or YAML path."),
+                     precision: Optional[str] = typer.Option(None, "--precision", help="Default: the profile's preferred precision."),
+                     runtime: Optional[str] = typer.Option(None, "--runtime", help="Which runtime's efficiency factors (default: the profile's first)."),
+                     threads: Optional[int] = typer.Option(None, "--threads"),
+                     layers: int = typer.Option(10, "--layers", help="Show the N slowest layers (0: all)."),
+                     as_json: bool = typer.Option(False, "--json"),
+                     arch: Optional[str] = ARCH, num_classes: Optional[int] = NUM_CLASSES,
+                     trust_pickle: bool = TRUST) -> None:
+    """Predict batch-1 latency of a model (ONNX, model file or zoo name) on a profile, per layer."""
+    from .latency import predict_model
+
+    pred = predict_model(model, profile, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle,
+                         precision=precision, runtime=runtime, threads=threads)
+    if as_json:
+        print(json.dumps(pred.to_dict(layers=False)))
+        return
+    out_console.print(pred.markdown(top=layers or None), highlight=False)
 
 
 def _exit_on_failure(rows) -> None:

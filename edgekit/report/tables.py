@@ -51,22 +51,40 @@ _HEADERS = ("backend", "precision", "status", "size MB", "top-1 %", "agreement %
             "p50 ms", "p90 ms", "img/s", "threads", "executed / notes")
 
 
-def _cells(r: Row) -> list[str]:
+def _predicted_profile(rows: list[Row]) -> str | None:
+    """The profile of the "predicted" column, if `--profile` asked for one."""
+    return next((r.details["predicted_profile"] for r in rows if r.details.get("predicted_profile")), None)
+
+
+def _cells(r: Row, predicted: bool = False) -> list[str]:
     agree = None if r.agreement is None else r.agreement * 100
     note = r.details.get("reason") or r.details.get("executed") or ""
-    return [r.backend, r.precision, r.status, _fmt(r.size_mb), _fmt(r.top1), _fmt(agree),
-            _fmt(r.latency_ms_p50, 3), _fmt(r.latency_ms_p90, 3), _fmt(r.throughput_ips, 0),
-            _fmt(r.threads), note]
+    cells = [r.backend, r.precision, r.status, _fmt(r.size_mb), _fmt(r.top1), _fmt(agree),
+             _fmt(r.latency_ms_p50, 3), _fmt(r.latency_ms_p90, 3), _fmt(r.throughput_ips, 0),
+             _fmt(r.threads), note]
+    if predicted:
+        cells.insert(8, _fmt(r.details.get("predicted_ms"), 3))
+    return cells
+
+
+def _headers(rows: list[Row], short: bool = False) -> list[str]:
+    h = list(("backend", "prec", "status", "MB", "top-1 %", "agree %", "p50 ms", "p90 ms", "img/s", "thr", "note")
+             if short else _HEADERS)
+    prof = _predicted_profile(rows)
+    if prof:
+        h.insert(8, f"predicted ms ({prof})")
+    return h
 
 
 def render_markdown(rows: list[Row], *, title: str | None = None, footer: str = "") -> str:
     out = io.StringIO()
     if title:
         out.write(f"## {title}\n\n")
-    out.write("| " + " | ".join(_HEADERS) + " |\n")
-    out.write("|" + "|".join("---" for _ in _HEADERS) + "|\n")
+    headers, predicted = _headers(rows), _predicted_profile(rows) is not None
+    out.write("| " + " | ".join(headers) + " |\n")
+    out.write("|" + "|".join("---" for _ in headers) + "|\n")
     for r in rows:
-        out.write("| " + " | ".join(c.replace("|", "/") for c in _cells(r)) + " |\n")
+        out.write("| " + " | ".join(c.replace("|", "/") for c in _cells(r, predicted)) + " |\n")
     if footer:
         out.write("\n" + footer.rstrip() + "\n")
     return out.getvalue()
@@ -81,14 +99,14 @@ def render_rich(rows: list[Row], *, title: str | None = None):
     from rich import box
 
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
-    for h in ("backend", "prec", "status", "MB", "top-1 %", "agree %", "p50 ms", "p90 ms",
-              "img/s", "thr", "note"):
-        table.add_column(h, no_wrap=True,
-                         justify="right" if h.endswith(("%", "ms", "MB", "/s", "thr")) else "left")
+    predicted = _predicted_profile(rows) is not None
+    for h in _headers(rows, short=True):
+        table.add_column(h, no_wrap=not h.startswith("predicted"),
+                         justify="right" if h.endswith(("%", "ms", "MB", "/s", "thr", ")")) else "left")
     colors = {"ok": "green", "verification failed": "red", "export failed": "red"}
     notes: dict[str, int] = {}
     for r in rows:
-        cells = _cells(r)
+        cells = _cells(r, predicted)
         c = colors.get(r.status, "yellow")
         cells[2] = f"[{c}]{cells[2]}[/{c}]"
         note = cells[-1]

@@ -149,6 +149,7 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
             res_model, info = outcome.model, outcome.to_dict()
         else:
             res_model, info = _prune_to_latency(current, card, size, target_latency_ms, backends[0], threads[0],
+                                                profile=prof if prof is not None and prof.name != "host" else None,
                                                 importance=importance, global_pruning=global_pruning,
                                                 channel_multiple=multiple, keep=keep, grad_batches=grad_batches)
         top1 = evaluate_top1(res_model, eval_split, card)[0]
@@ -245,9 +246,10 @@ def measure_latency(variants: dict[str, nn.Module], card, work: Path, backends: 
     return rows
 
 
-def _prune_to_latency(model, card, size, target_ms, backend, threads, **kw):
-    """Bisect the channel ratio until the measured batch-1 latency on `backend` meets the target;
-    keeps the least-pruned candidate that does. Unreachable targets are refused up front."""
+def _prune_to_latency(model, card, size, target_ms, backend, threads, profile=None, **kw):
+    """Bisect the channel ratio until the batch-1 latency meets the target: measured on `backend`
+    here, or, for a `profile` that is not this host, predicted by its latency model. Keeps the
+    least-pruned candidate that meets it. Unreachable targets are refused up front."""
     import tempfile
 
     from ..bench import TimingConfig
@@ -256,8 +258,15 @@ def _prune_to_latency(model, card, size, target_ms, backend, threads, **kw):
 
     timing = TimingConfig(warmup=5, iters=60, passes=3, throughput_iters=1)
     kw["risky"] = risky_layers(model, size)
+    if profile is not None:
+        backend, threads = f"{profile.name} (predicted)", profile.threads[0]
     with tempfile.TemporaryDirectory() as tmp:
         def latency(m, name):
+            if profile is not None:
+                from ..exporters.onnx import export_onnx
+                from ..latency import predict
+                path = export_onnx(m.eval(), card, Path(tmp) / f"{name}.onnx")
+                return predict(path, profile, batch=1).latency_ms
             return measure_latency({name: m}, card, Path(tmp) / name, [backend], [threads], timing)[0]["latency_ms_p50"]
 
         base = latency(model, "base")
@@ -283,7 +292,8 @@ def _prune_to_latency(model, card, size, target_ms, backend, threads, **kw):
             else:
                 lo = mid
     outcome, ms = best
-    return outcome.model, {**outcome.to_dict(), "measured_ms": ms, "unpruned_ms": base, "backend": backend,
+    kind = "predicted_ms" if profile is not None else "measured_ms"
+    return outcome.model, {**outcome.to_dict(), kind: ms, "unpruned_ms": base, "backend": backend,
                            "threads": threads}
 
 

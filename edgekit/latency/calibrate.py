@@ -1,0 +1,223 @@
+"""Fit the host profile's efficiency factors from measurements on the host.
+
+Micro-benchmarks (one op type each: dense conv, 1x1 conv, depthwise, GEMM, elementwise, pool,
+a chain of tiny layers for the per-layer overhead) and a few reference models are exported
+through the deployed paths (ONNX Runtime, OpenVINO; FP32 and their INT8 quantizers), timed
+here, and the factors are fitted per runtime/precision by least squares on log(predicted /
+measured). Memory bandwidth is measured with a large array copy.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .._io import atomic_write_text
+from .graph import LayerWork, graph_work
+from .predict import predict
+
+__all__ = ["Measured", "micro_models", "reference_models", "measure", "fit", "calibrate", "memory_bandwidth_gbs"]
+
+#: the calibration reference models (kept apart from the models benchmarks/latency_model.py scores)
+REFERENCE = (("cifar_resnet20", 32), ("mobilenet_v3_small", 160), ("regnet_x_400mf", 128))
+_PARAMS = ("conv", "depthwise", "grouped", "gemm", "memory", "layer_overhead_us", "call_overhead_us")
+
+
+@dataclass
+class Measured:
+    name: str
+    runtime: str
+    precision: str
+    threads: int
+    layers: list[LayerWork]
+    ms: float       # measured batch-1 p50
+    ms_p90: float
+
+
+def micro_models():
+    """(name, module, input CHW) single-op-type graphs."""
+    import torch
+    from torch import nn
+
+    class Elementwise(nn.Module):
+        def forward(self, x):
+            return (x + 1.0) * x
+
+    def chain(n=30, c=8):
+        return nn.Sequential(*[nn.Sequential(nn.Conv2d(c, c, 1), nn.ReLU()) for _ in range(n)])
+
+    torch.manual_seed(0)
+    return [
+        ("conv3x3", nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.ReLU()), (64, 56, 56)),
+        ("conv1x1", nn.Sequential(nn.Conv2d(256, 256, 1), nn.ReLU()), (256, 28, 28)),
+        ("depthwise", nn.Sequential(nn.Conv2d(192, 192, 3, padding=1, groups=192), nn.ReLU()), (192, 56, 56)),
+        ("gemm", nn.Sequential(nn.Flatten(), nn.Linear(2048, 1000)), (2048, 1, 1)),
+        ("elementwise", Elementwise(), (64, 112, 112)),
+        ("pool", nn.MaxPool2d(3, 2, 1), (64, 112, 112)),
+        ("tiny_chain", chain(), (8, 4, 4)),
+    ]
+
+
+def reference_models(spec: Sequence[tuple[str, int]] = REFERENCE):
+    from ..models import get_model
+
+    out = []
+    for arch, size in spec:
+        m, card = get_model(arch, num_classes=10 if arch.startswith("cifar") else 1000)
+        out.append((f"{arch}@{size}", m.eval(), (3, size, size)))
+    return out
+
+
+def _card(shape):
+    from ..models import ModelCard
+    return ModelCard(num_classes=1, input_size=tuple(shape), mean=(0.0,) * shape[0], std=(1.0,) * shape[0])
+
+
+def _artifacts(name: str, module, shape, work: Path, runtimes, precisions) -> dict[tuple[str, str], Path]:
+    """Export `module` through the deployed paths: ONNX, ORT QDQ INT8, OpenVINO IR, NNCF INT8."""
+    from ..exporters.onnx import export_onnx
+
+    folder = work / name
+    folder.mkdir(parents=True, exist_ok=True)
+    fp32 = folder / "fp32.onnx"
+    if not fp32.exists():
+        export_onnx(module.eval(), _card(shape), fp32)
+    rng = np.random.default_rng(0)
+    batches = [rng.standard_normal((1, *shape)).astype(np.float32) for _ in range(4)]
+    files = {}
+    for rt in runtimes:
+        for prec in precisions:
+            if rt == "onnxruntime":
+                path = fp32 if prec == "fp32" else folder / "int8_ort.onnx"
+                if prec == "int8" and not path.exists():
+                    from ..backends.onnxruntime import quantize_ort_int8
+                    quantize_ort_int8(fp32, path, batches, work=folder)
+            else:
+                path = folder / f"{prec}_ov.xml"
+                if not path.exists():
+                    import logging
+
+                    import openvino as ov
+                    model = ov.convert_model(str(fp32))
+                    if prec == "int8":
+                        import nncf
+
+                        from ..backends.base import quiet
+                        logging.getLogger("nncf").setLevel(logging.ERROR)
+                        with quiet():
+                            model = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches))
+                    ov.save_model(model, str(path), compress_to_fp16=False)
+            files[(rt, prec)] = path
+    return files
+
+
+def _runner(rt: str, path: Path, prec: str, threads: int):
+    if rt == "onnxruntime":
+        from ..backends.onnxruntime import OrtRunner
+        return OrtRunner(path, precision=prec, threads=threads)
+    from ..backends.openvino import OvRunner
+    return OvRunner(path, precision=prec, threads=threads)
+
+
+def measure(models, work: Path, *, runtimes=("onnxruntime", "openvino"), precisions=("fp32", "int8"),
+            threads: int = 1, iters: int = 40, progress: Callable[[str], None] | None = None) -> list[Measured]:
+    """Time every (model, runtime, precision) at batch 1; the variants of one model interleaved.
+    The layers priced for a row are those of the ONNX graph it came from (FP32 graph + precision)."""
+    from ..bench import TimingConfig, time_runners
+
+    out = []
+    for name, module, shape in models:
+        if progress:
+            progress(name)
+        files = _artifacts(name, module, shape, work, runtimes, precisions)
+        layers = graph_work(work / name / "fp32.onnx")
+        keys = list(files)
+        runners = [_runner(rt, files[(rt, p)], p, threads) for rt, p in keys]
+        sample = np.random.default_rng(1).standard_normal((1, *shape)).astype(np.float32)
+        cfg = TimingConfig(warmup=5, iters=iters, passes=4, throughput_batch=1, throughput_iters=1)
+        for (rt, p), tm in zip(keys, time_runners(runners, sample, cfg)):
+            out.append(Measured(name, rt, p, threads, layers, tm.latency_ms_p50, tm.latency_ms_p90))
+    return out
+
+
+def memory_bandwidth_gbs(mb: int = 256, repeats: int = 5) -> float:
+    """Single-thread copy bandwidth (read + write) of an array far larger than the caches."""
+    a = np.ones(mb * 2**20 // 8)
+    b = np.empty_like(a)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        np.copyto(b, a)
+        best = min(best, time.perf_counter() - t)
+    return round(2 * a.nbytes / best / 1e9, 2)
+
+
+def fit(samples: Sequence[Measured], profile) -> dict[str, dict]:
+    """Efficiency factors per "runtime/precision" that best explain `samples` (log error),
+    pulled weakly towards the profile's current factors so unobserved kinds stay sensible."""
+    from scipy.optimize import least_squares
+
+    from ..profiles import Efficiency
+
+    out = {}
+    groups: dict[str, list[Measured]] = {}
+    for s in samples:
+        groups.setdefault(f"{s.runtime}/{s.precision}", []).append(s)
+    for key, group in groups.items():
+        rt, prec = key.split("/")
+        start = profile.efficiency_for(rt, prec)
+        x0 = np.log([max(getattr(start, k), 1e-3) for k in _PARAMS])
+
+        def residuals(x, group=group, rt=rt, prec=prec):
+            eff = Efficiency(**dict(zip(_PARAMS, np.exp(x))))
+            prof = profile.model_copy(update={"efficiency": {"default": eff}})
+            r = [np.log(predict(s.layers, prof, precision=prec, runtime=rt, threads=s.threads, batch=1).latency_ms
+                        / s.ms) for s in group]
+            return np.concatenate([r, 0.05 * (x - x0)])
+
+        lo = np.log([1e-3, 1e-4, 1e-4, 1e-4, 1e-3, 0.05, 0.1])
+        hi = np.log([4, 4, 4, 4, 4, 500, 5000])
+        res = least_squares(residuals, np.clip(x0, lo + 1e-6, hi - 1e-6), bounds=(lo, hi))
+        vals = dict(zip(_PARAMS, (float(v) for v in np.exp(res.x))))
+        out[key] = {k: round(v, 4) for k, v in vals.items()}
+    return out
+
+
+def calibrate(out: Path | None = None, *, runtimes: Sequence[str] = ("onnxruntime", "openvino"),
+              precisions: Sequence[str] = ("fp32", "int8"), threads: int = 1, references=REFERENCE,
+              micro: Sequence[str] | None = None, work: Path | None = None, iters: int = 40,
+              progress: Callable[[str], None] | None = None) -> dict:
+    """Measure, fit and write the host calibration file; returns what was written."""
+    import tempfile
+
+    import yaml
+
+    from ..profiles import calibration_path, host_id, host_profile
+
+    out = Path(out) if out else calibration_path()
+    models = [m for m in micro_models() if micro is None or m[0] in micro] + reference_models(references)
+    bw = memory_bandwidth_gbs()
+    with tempfile.TemporaryDirectory() as tmp:
+        samples = measure(models, Path(work or tmp), runtimes=runtimes, precisions=precisions, threads=threads,
+                          iters=iters, progress=progress)
+    base = host_profile(calibration=None).model_copy(
+        update={"memory": host_profile(calibration=None).memory.model_copy(update={"bandwidth_gbs": bw})})
+    factors = fit(samples, base)
+    fitted = base.model_copy(update={"efficiency": {"default": base.efficiency["default"], **{
+        k: base.efficiency["default"].model_copy(update=v) for k, v in factors.items()}}})
+    errors = [{"model": s.name, "runtime": s.runtime, "precision": s.precision, "measured_ms": round(s.ms, 4),
+               "predicted_ms": round(predict(s.layers, fitted, precision=s.precision, runtime=s.runtime,
+                                             threads=s.threads, batch=1).latency_ms, 4)} for s in samples]
+    record = {"host_id": host_id(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+              "threads": threads, "bandwidth_gbs": bw,
+              "efficiency": {"default": base.efficiency["default"].model_dump(), **factors},
+              "models": [m[0] for m in models], "fit": errors}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, "# edgekit profiles calibrate: efficiency factors fitted on this host\n"
+                      + yaml.safe_dump(record, sort_keys=False))
+    return record
