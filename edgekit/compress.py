@@ -32,7 +32,7 @@ def compress(model: str | Path, *, profile: str, data: str | Path, out: str | Pa
                        precisions=precisions, threads=prof.threads,
                        limit=prof.eval_images if limit == PROFILE_DEFAULT else limit,
                        calibration_images=prof.calibration_images, seed=seed, progress=progress,
-                       title=f"edgekit compress: {prof.name}")
+                       title=f"edgekit compress: {prof.name}", profile=prof)
     rows = [r for r in result.rows if r.status != "unsupported"]
     ok = [r for r in rows if r.status == "ok" and r.latency_ms_p50 is not None]
     best = min(ok, key=lambda r: r.latency_ms_p50) if ok else None
@@ -41,7 +41,10 @@ def compress(model: str | Path, *, profile: str, data: str | Path, out: str | Pa
              f"Profile: {prof.description}", "",
              "Every artifact below was run through its own runtime on "
              f"{env['eval_images']} held-out images of `{env['data']}` and compared with the "
-             "source torch model (agreement = share of images with the same top-1 class).", "",
+             "source torch model (agreement = share of images with the same top-1 class). Latency "
+             "columns p50/p90 are measured on this machine; \"predicted ms\" is the latency model's "
+             f"prediction for {prof.name} ({prof.unit().kind}, {prof.runtimes[0]}), efficiency factors "
+             f"{prof.efficiency_source}: a prediction, not a measurement.", "",
              render_markdown(rows), ""]
     if best:
         src = next((r for r in ok if r.backend == "torch"), None)

@@ -22,7 +22,7 @@ def bench(tmp_path_factory, resnet20_path, cifar_dir):
                             precisions="fp32,fp16,int8", threads=1, limit=500,
                             calibration_images=300, timing=TimingConfig(warmup=3, iters=20, passes=2,
                                                                         throughput_iters=2),
-                            progress=False)
+                            progress=False, profile="jetson")
     return res, {(r.backend, r.precision): r for r in res.rows}
 
 
@@ -66,6 +66,16 @@ def test_rows_are_honest(bench):
             assert r.throughput_ips > 0 and r.threads == 1
         else:
             assert r.latency_ms_p50 is None or r.status == "verification failed"
+
+
+def test_predicted_latency_is_labelled(bench):
+    """--profile adds the profile's predicted latency next to the measured one, per precision."""
+    res, rows = bench
+    md = (res.out / "results.md").read_text()
+    assert "predicted ms (jetson-orin-nano)" in md
+    pred = {p: rows[("onnxruntime", p)].details["predicted_ms"] for p in ("fp32", "fp16", "int8")}
+    assert 0 < pred["int8"] < pred["fp16"] < pred["fp32"]
+    assert rows[("onnxruntime", "int8")].details["predicted_runtime"] == "tensorrt"
 
 
 def test_results_files(bench):

@@ -91,9 +91,12 @@ def bad_inputs(tmp_path, resnet20_path, cifar_dir):
     (badimg / "b" / "also.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
+    badprof = tmp_path / "board.yaml"
+    badprof.write_text((Path(__file__).resolve().parents[1] / "profiles" / "raspberry-pi-5.yaml").read_text()
+                       .replace("bandwidth_gbs: 17.1", "bandwidth_gbs: fast"))
     deconv = tmp_path / "deconv.pt"
     torch.save(DeconvNet(), deconv)
-    return dict(deconv=deconv, garbage=garbage, empty=empty, noimg=noimg, badimg=badimg, a_file=a_file,
+    return dict(deconv=deconv, badprof=badprof, garbage=garbage, empty=empty, noimg=noimg, badimg=badimg, a_file=a_file,
                 w=str(resnet20_path), data=str(cifar_dir), tmp=tmp_path)
 
 
@@ -130,6 +133,12 @@ CASES = {
                          "--target-macs", "0.5", "--out", "{tmp}/p"], ["exactly one of", "--ratio", "--target-macs"]),
     "prune unknown importance": (["prune", "{w}", "--arch", "cifar_resnet20", "--data", "{data}", "--ratio", "0.3",
                                   "--importance", "random", "--out", "{tmp}/p"], ["--importance", "l1", "taylor"]),
+    "predict a precision the device lacks": (["profiles", "predict", "cifar_resnet20", "--profile", "jetson-nano",
+                                              "--precision", "int8"], ["jetson-nano", "int8", "fp16"]),
+    "profile with a wrong field": (["profiles", "show", "{badprof}"], ["board.yaml", "memory.bandwidth_gbs"]),
+    "benchmark with a wrong profile": (["benchmark", "{w}", "--arch", "cifar_resnet20", "--data", "digits",
+                                        "--profile", "{badprof}", "--out", "{tmp}/o"], ["memory.bandwidth_gbs"]),
+    "calibrate an unknown runtime": (["profiles", "calibrate", "--runtimes", "tflite"], ["tflite"]),
     "out is a file": (["benchmark", "{w}", "--arch", "cifar_resnet20", "--data", "digits",
                        "--out", "{a_file}"], ["a_file", "is a file"]),
 }
@@ -174,7 +183,13 @@ def test_models_and_profiles(monkeypatch, capsys):
     for name in ("cifar_resnet56", "cifar_mobilenet_v2", "resnet18", "efficientnet_b0"):
         assert name in out
     code, out, _ = run_inprocess(monkeypatch, capsys, "profiles", "show", "x86")
-    assert code == 0 and "onnxruntime" in out
+    assert code == 0 and "onnxruntime" in out and "name: x86-avx2" in out
+    code, out, _ = run_inprocess(monkeypatch, capsys, "profiles", "list")
+    assert code == 0 and all(n in out for n in ("jetson-orin-nano", "raspberry-pi-4", "x86-avx512", "host", "rpi5"))
+    code, out, _ = run_inprocess(monkeypatch, capsys, "profiles", "predict", "cifar_resnet20", "--profile", "jetson",
+                                 "--json")
+    r = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and r["label"] == "predicted" and r["profile"] == "jetson-orin-nano" and r["latency_ms"] > 0
 
 
 def test_eval_zoo_model_on_digits(monkeypatch, capsys):

@@ -90,6 +90,8 @@ class Profile(_Strict):
     target: str | None = None
     memory: Memory
     runtimes: list[str] = Field(min_length=1)
+    #: versions the device ships (e.g. JetPack's TensorRT): exports must suit these, not ours
+    runtime_versions: dict[str, str] = Field(default_factory=dict)
     precisions: list[str] = Field(min_length=1)
     preferred_precision: str
     quantization: Quantization
