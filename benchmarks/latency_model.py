@@ -20,6 +20,7 @@ latency_model.{json,md}. Needs a quiet machine (timings).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from _common import RESULTS, WORK
 from edgekit._io import atomic_write_json, atomic_write_text
 from edgekit.env import environment
 from edgekit.latency import graph_work, predict
-from edgekit.latency.calibrate import REFERENCE, calibrate, measure
+from edgekit.latency.calibrate import REFERENCE, Measured, calibrate, measure
 from edgekit.models import get_model
 from edgekit.profiles import get_profile, host_profile, list_profiles
 
@@ -57,6 +58,13 @@ def scored_models(names=None):
             continue
         m, _ = get_model(arch, num_classes=10 if arch.startswith("cifar") else 1000, **opts)
         yield label, m.eval(), (3, size, size)
+
+
+def _saved(rows: list[dict], folder: Path) -> list[Measured]:
+    """Measurements from an earlier run, with the layers read again from their ONNX files."""
+    return [Measured(r["model"], r["runtime"], r["precision"], r.get("threads", 1),
+                     graph_work(folder / r["model"] / "fp32.onnx"), r["measured_ms"],
+                     r.get("measured_p90_ms", r["measured_ms"])) for r in rows]
 
 
 def score(rows: list[dict], key: str) -> dict:
@@ -123,21 +131,30 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--recalibrate", action="store_true")
+    ap.add_argument("--recalibrate", action="store_true", help="measure the calibration set again")
+    ap.add_argument("--refit", action="store_true", help="refit and rescore from the saved measurements "
+                    "(after a change to the model; no timing)")
     ap.add_argument("--models", default="", help="comma-separated labels (smoke runs); default all")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     W.mkdir(parents=True, exist_ok=True)
+    import yaml
     cal_file = W / "host.yaml"
-    if args.recalibrate or not cal_file.exists():
+    if args.refit and cal_file.exists():
+        old = yaml.safe_load(cal_file.read_text())
+        calibrate(cal_file, samples=_saved(old["fit"], W / "calibration"), bandwidth_gbs=old["bandwidth_gbs"])
+    elif args.recalibrate or not cal_file.exists():
         calibrate(cal_file, threads=args.threads, work=W / "calibration", iters=max(args.iters, 20),
                   progress=lambda n: print("calibrate:", n, flush=True))
-    import yaml
     cal = yaml.safe_load(cal_file.read_text())
     calibrated, assumed = host_profile(calibration=cal_file), host_profile(calibration=None)
     names = [n for n in args.models.split(",") if n] or None
-    samples = measure(scored_models(names), W, threads=args.threads, iters=args.iters,
-                      progress=lambda n: print("measure:", n, flush=True))
+    saved = args.out / "latency_model.json"
+    if args.refit and saved.exists():
+        samples = _saved(json.loads(saved.read_text())["rows"], W)
+    else:
+        samples = measure(scored_models(names), W, threads=args.threads, iters=args.iters,
+                          progress=lambda n: print("measure:", n, flush=True))
     rows = []
     for s in samples:
         kw = dict(precision=s.precision, runtime=s.runtime, threads=s.threads, batch=1)

@@ -276,8 +276,14 @@ def add_predictions(rows: list[Row], prep: Prepared, prof, work: Path) -> None:
     from .latency import graph_work
     from .latency import predict as predict_latency
 
+    from .quant import is_quantized
     try:
-        layers = graph_work(export_onnx(prep.module.eval(), prep.card, work / "model.onnx"))
+        if is_quantized(prep.module):  # the deployed QDQ graph, not the fake-quant float ops
+            from .exporters.qdq import export_qdq
+            path = export_qdq(prep.module, prep.card, work / "model.onnx", target="onnxruntime", work=work)
+        else:
+            path = export_onnx(prep.module.eval(), prep.card, work / "model.onnx")
+        layers = graph_work(path)
     except EdgekitError:
         return
     finally:

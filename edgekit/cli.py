@@ -30,6 +30,7 @@ DATA = typer.Option(..., "--data", help="ImageFolder directory (class per sub-fo
                     "train/ + test/|val/), or 'digits' (scikit-learn's bundled digits).")
 LIMIT = typer.Option(1000, "--limit", help="Evaluation images (seeded subset; 0 = all).")
 SEED = typer.Option(0, "--seed", help="Seed for the image subsets.")
+RESUME = typer.Option(False, "--resume", help="Continue an interrupted run in --out from its last checkpoint.")
 MODEL = typer.Argument(..., help="Model file (.pt/.pth/.th state_dict or checkpoint, .pt2, "
                        "TorchScript) or a zoo name for a randomly initialised model.")
 
@@ -117,20 +118,60 @@ def benchmark_cmd(model: str = MODEL, data: str = DATA,
 
 @app.command("compress")
 def compress_cmd(model: str = MODEL, data: str = DATA,
-                 profile: str = typer.Option(..., "--profile", help="Profile name or YAML path."),
+                 profile: str = typer.Option(..., "--profile", help="Profile name, alias or YAML path."),
                  out: Path = typer.Option(..., "--out", help="Run directory."),
+                 recipe: Optional[Path] = typer.Option(None, "--recipe", help="Recipe YAML (default: the profile's)."),
+                 max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Accuracy budget: top-1 points the deployed model may lose (default: recipe's, else profile's)."),
+                 student: Optional[str] = typer.Option(None, "--student", help="Distil into this zoo model (adds a distill stage if the recipe has none)."),
                  arch: Optional[str] = ARCH, num_classes: Optional[int] = NUM_CLASSES,
                  limit: int = typer.Option(-1, "--limit", help="Evaluation images (-1: the profile's default, 0: all)."),
-                 seed: int = SEED, trust_pickle: bool = TRUST) -> None:
-    """Quantize, export, verify and benchmark for a hardware profile; write report.md."""
+                 resume: bool = RESUME, seed: int = SEED, trust_pickle: bool = TRUST) -> None:
+    """The whole pipeline for a hardware profile: recipe stages, export, verify, benchmark, report."""
     from .compress import compress
     from .report import render_rich
 
-    res = compress(model, profile=profile, data=data, out=out, arch=arch, num_classes=num_classes,
-                   trust_pickle=trust_pickle, limit=limit if limit < 0 else _limit(limit), seed=seed)
+    res = compress(model, profile=profile, data=data, out=out, recipe=recipe, max_drop=max_drop, student=student,
+                   arch=arch, num_classes=num_classes, trust_pickle=trust_pickle,
+                   limit=limit if limit < 0 else _limit(limit), resume=resume, seed=seed)
+    _print_compress(res, f"edgekit compress ({profile})")
+
+
+def _print_compress(res, title: str) -> None:
+    from .pipeline.report import best_artifact
+    from .report import render_rich
+
+    for s in res.report["stages"]:
+        out_console.print(f"stage {s['index'] + 1} {s['stage']} (attempt {s['attempt']}): {s['status']}, top-1 "
+                          f"{s['top1']:.2f}% (drop {s['drop']:.2f})", highlight=False)
     rows = [r for r in res.rows if r.status != "unsupported"]
-    out_console.print(render_rich(rows, title=f"edgekit compress ({profile})"))
-    out_console.print(f"report: {out / 'report.md'}", highlight=False)
+    out_console.print(render_rich(rows, title=title))
+    best, which = best_artifact(res.report)
+    if best:
+        out_console.print(f"best within budget: {best['backend']} {best['precision']} "
+                          f"({which}), top-1 {best['top1']:.2f}%, "
+                          f"{best['latency_ms_p50']:.3f} ms", highlight=False)
+    else:
+        out_console.print(f"no deployed artifact meets the budget of {res.report['max_drop']} points", highlight=False)
+    out_console.print(f"report: {res.out / 'report.md'}", highlight=False)
+
+
+@app.command("report")
+def report_cmd(run: Path = typer.Argument(..., help="A compress run directory.")) -> None:
+    """Re-render report.md and pareto.png of a compress run from its report.json."""
+    from .pipeline.report import _read, write_report
+
+    rep = _read(run)
+    write_report(run, rep)
+    out_console.print(f"report: {run / 'report.md'}", highlight=False)
+
+
+@app.command("compare")
+def compare_cmd(a: Path = typer.Argument(..., help="First compress run."),
+                b: Path = typer.Argument(..., help="Second compress run.")) -> None:
+    """Two compress runs side by side (Markdown)."""
+    from .pipeline.report import compare_runs
+
+    print(compare_runs(a, b))
 
 
 def _train_config(epochs, batch_size, optimizer, lr, weight_decay, warmup, label_smoothing,
@@ -163,7 +204,6 @@ CLIP = typer.Option(None, "--grad-clip", help="Clip the global gradient norm to 
 NOAUG = typer.Option(False, "--no-augment", help="Disable crop/flip augmentation.")
 TLIMIT = typer.Option(0, "--train-limit", help="Train on a seeded subset of N images (0 = all).")
 ELIMIT = typer.Option(0, "--eval-limit", help="Evaluate each epoch on N held-out images (0 = all).")
-RESUME = typer.Option(False, "--resume", help="Continue an interrupted run in --out from its last checkpoint.")
 
 
 def _print_training(res, what: str) -> None:
@@ -325,15 +365,14 @@ def _is_main() -> bool:
 @app.command("demo")
 def demo_cmd(out: Path = typer.Option(Path("runs/demo"), "--out", help="Run directory."),
              epochs: int = typer.Option(6, "--epochs", help="Teacher training epochs."),
-             arch: str = typer.Option("cifar_resnet20", "--arch", help="Teacher architecture.")) -> None:
+             arch: str = typer.Option("cifar_resnet20", "--arch", help="Teacher architecture."),
+             stage_epochs: int = typer.Option(2, "--stage-epochs", help="Recovery epochs of the prune stage.")) -> None:
     """Train a small model on scikit-learn's bundled digits, then compress it for x86 (no files needed)."""
     from .demo import demo
     from .report import render_rich
 
-    res = demo(out, arch=arch, epochs=epochs)
-    rows = [r for r in res.rows if r.status != "unsupported"]
-    out_console.print(render_rich(rows, title="edgekit demo: digits, profile x86"))
-    out_console.print(f"report: {out / 'report.md'}", highlight=False)
+    res = demo(out, arch=arch, epochs=epochs, stage_epochs=stage_epochs)
+    _print_compress(res, "edgekit demo: digits, profile x86")
 
 
 @profiles_app.command("list")

@@ -1,7 +1,8 @@
 """`edgekit demo`: the whole flow on data that ships with scikit-learn, no files needed.
 
-Trains a small teacher on the bundled handwritten digits (upscaled to 32x32), then runs
-`compress` for the x86 profile on it and writes the report.
+Trains a small teacher on the bundled handwritten digits (upscaled to 32x32), then runs the
+compress pipeline for the x86 profile on it (prune 2x with KD recovery, INT8 QAT, export,
+verify, benchmark) and writes the report.
 """
 
 from __future__ import annotations
@@ -9,14 +10,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from ._io import check_out_dir
-from .benchmark import BenchmarkResult
-from .compress import compress
+from .compress import CompressResult, compress
 
-__all__ = ["demo"]
+__all__ = ["demo", "demo_recipe"]
+
+
+def demo_recipe(stage_epochs: int = 2):
+    """Prune 2x (KD recovery) and INT8 QAT on digits: no horizontal flips (digits are not symmetric)."""
+    from .pipeline import Recipe
+    return Recipe.model_validate({"name": "demo", "train": {"batch_size": 64, "hflip": False}, "stages": [
+        {"stage": "prune", "target_macs": 0.5, "recovery_epochs": stage_epochs, "lr": 0.02},
+        {"stage": "quantize", "mode": "qat", "bits": 8, "epochs": 1, "lr": 0.0005},
+        {"stage": "benchmark"}]})
 
 
 def demo(out: str | Path = "runs/demo", *, arch: str = "cifar_resnet20", epochs: int = 6,
-         profile: str = "x86", progress: bool = True) -> BenchmarkResult:
+         profile: str = "x86", stage_epochs: int = 2, resume: bool = True,
+         progress: bool = True) -> CompressResult:
     """Train `arch` on digits for `epochs`, save it, then compress it for `profile` into `out`."""
     from .data import digits_stats, load_dataset
     from .models import get_model
@@ -33,5 +43,5 @@ def demo(out: str | Path = "runs/demo", *, arch: str = "cifar_resnet20", epochs:
     cfg = TrainConfig(epochs=epochs, batch_size=64, lr=0.05, hflip=False, warmup_epochs=0.5)
     result = train(Supervised(module), card, ds.train, ds.eval, cfg, out / "teacher",
                    resume=True, progress=progress)
-    return compress(result.best_path, profile=profile, data="digits", out=out, limit=None,
-                    progress=progress)
+    return compress(result.last_path, profile=profile, data="digits", out=out, limit=None,
+                    recipe=demo_recipe(stage_epochs), resume=resume, progress=progress)

@@ -191,8 +191,10 @@ def fit(samples: Sequence[Measured], profile) -> dict[str, dict]:
 def calibrate(out: Path | None = None, *, runtimes: Sequence[str] = ("onnxruntime", "openvino"),
               precisions: Sequence[str] = ("fp32", "int8"), threads: int = 1, references=REFERENCE,
               micro: Sequence[str] | None = None, work: Path | None = None, iters: int = 40,
-              progress: Callable[[str], None] | None = None) -> dict:
-    """Measure, fit and write the host calibration file; returns what was written."""
+              progress: Callable[[str], None] | None = None, samples: Sequence[Measured] | None = None,
+              bandwidth_gbs: float | None = None) -> dict:
+    """Measure, fit and write the host calibration file; returns what was written. `samples` and
+    `bandwidth_gbs` (earlier measurements, e.g. from a previous file's "fit") skip the measuring."""
     import tempfile
 
     import yaml
@@ -200,23 +202,28 @@ def calibrate(out: Path | None = None, *, runtimes: Sequence[str] = ("onnxruntim
     from ..profiles import calibration_path, host_id, host_profile
 
     out = Path(out) if out else calibration_path()
-    models = [m for m in micro_models() if micro is None or m[0] in micro] + reference_models(references)
-    bw = memory_bandwidth_gbs()
-    with tempfile.TemporaryDirectory() as tmp:
-        samples = measure(models, Path(work or tmp), runtimes=runtimes, precisions=precisions, threads=threads,
-                          iters=iters, progress=progress)
+    if samples is None:
+        models = [m for m in micro_models() if micro is None or m[0] in micro] + reference_models(references)
+        bw = memory_bandwidth_gbs()
+        with tempfile.TemporaryDirectory() as tmp:
+            samples = measure(models, Path(work or tmp), runtimes=runtimes, precisions=precisions, threads=threads,
+                              iters=iters, progress=progress)
+        names = [m[0] for m in models]
+    else:
+        bw, names = bandwidth_gbs or memory_bandwidth_gbs(), list(dict.fromkeys(s.name for s in samples))
     base = host_profile(calibration=None).model_copy(
         update={"memory": host_profile(calibration=None).memory.model_copy(update={"bandwidth_gbs": bw})})
     factors = fit(samples, base)
     fitted = base.model_copy(update={"efficiency": {"default": base.efficiency["default"], **{
         k: base.efficiency["default"].model_copy(update=v) for k, v in factors.items()}}})
-    errors = [{"model": s.name, "runtime": s.runtime, "precision": s.precision, "measured_ms": round(s.ms, 4),
+    errors = [{"model": s.name, "runtime": s.runtime, "precision": s.precision, "threads": s.threads,
+               "measured_ms": round(s.ms, 4), "measured_p90_ms": round(s.ms_p90, 4),
                "predicted_ms": round(predict(s.layers, fitted, precision=s.precision, runtime=s.runtime,
                                              threads=s.threads, batch=1).latency_ms, 4)} for s in samples]
     record = {"host_id": host_id(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "threads": threads, "bandwidth_gbs": bw,
               "efficiency": {"default": base.efficiency["default"].model_dump(), **factors},
-              "models": [m[0] for m in models], "fit": errors}
+              "models": names, "fit": errors}
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, "# edgekit profiles calibrate: efficiency factors fitted on this host\n"
                       + yaml.safe_dump(record, sort_keys=False))

@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..pipeline.recipe import Recipe
+
 __all__ = ["Profile", "ComputeUnit", "Memory", "Quantization", "Budgets", "Efficiency"]
 
 
@@ -107,6 +109,8 @@ class Profile(_Strict):
     efficiency: dict[str, Efficiency] = Field(default_factory=lambda: {"default": Efficiency()})
     #: "assumed" (written by hand), or where/when `edgekit profiles calibrate` measured them
     efficiency_source: str = "assumed"
+    #: the default `edgekit compress` recipe for this device (None: PTQ INT8 + benchmark)
+    recipe: Recipe | None = None
 
     @field_validator("runtimes")
     @classmethod

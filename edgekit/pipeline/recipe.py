@@ -1,0 +1,143 @@
+"""A compress recipe: the stages of one run, validated by one schema.
+
+Model stages (finetune, prune, distill, quantize) each turn a model into a model; the deploy
+stages (export, verify, benchmark) act on the final model for the profile's runtimes and always
+come last (export implies verify: nothing unverified is reported).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..errors import ConfigError
+
+__all__ = ["Recipe", "TrainSettings", "FinetuneStage", "PruneStage", "DistillStage", "QuantizeStage",
+           "DeployStage", "MODEL_STAGES", "load_recipe", "default_recipe", "validation_message"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainSettings(_Strict):
+    """Shared by every training stage unless the stage overrides epochs/lr."""
+
+    batch_size: int = Field(128, ge=1)
+    train_limit: int | None = Field(None, ge=1, description="seeded subset of train/ (quick runs)")
+    hflip: bool = True
+    seed: int = 0
+
+
+class FinetuneStage(_Strict):
+    stage: Literal["finetune"]
+    epochs: int = Field(1, ge=1)
+    lr: float = Field(0.01, gt=0)
+
+
+class PruneStage(_Strict):
+    stage: Literal["prune"]
+    #: fraction of MACs kept (0.5 = 2x fewer)
+    target_macs: float = Field(0.5, gt=0, lt=1)
+    recovery_epochs: int = Field(1, ge=0)
+    lr: float = Field(0.01, gt=0)
+    kd: bool = True
+    importance: Literal["l1", "l2", "taylor"] = "l2"
+
+
+class DistillStage(_Strict):
+    stage: Literal["distill"]
+    #: zoo name, e.g. cifar_mobilenet_v2:width=0.5 (`--student` overrides)
+    student: str = "cifar_mobilenet_v2"
+    epochs: int = Field(5, ge=1)
+    lr: float = Field(0.05, gt=0)
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.9, ge=0, le=1)
+
+
+class QuantizeStage(_Strict):
+    stage: Literal["quantize"]
+    mode: Literal["ptq", "qat"] = "ptq"
+    bits: Literal[4, 8] = 8
+    epochs: int = Field(1, ge=1)
+    lr: float = Field(0.001, gt=0)
+    kd: bool = False
+
+
+class DeployStage(_Strict):
+    stage: Literal["export", "verify", "benchmark"]
+
+
+Stage = Annotated[Union[FinetuneStage, PruneStage, DistillStage, QuantizeStage, DeployStage],
+                  Field(discriminator="stage")]
+MODEL_STAGES = ("finetune", "prune", "distill", "quantize")
+
+
+class Recipe(_Strict):
+    name: str = "custom"
+    #: top-1 points the final deployed model may lose against the input model (None: the profile's)
+    max_drop: float | None = Field(None, ge=0)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    stages: list[Stage] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _order(self) -> "Recipe":
+        seen_deploy = False
+        for i, s in enumerate(self.stages):
+            if s.stage in MODEL_STAGES and seen_deploy:
+                raise ValueError(f"stages.{i}: {s.stage} comes after a deploy stage; export/verify/benchmark go last")
+            seen_deploy |= s.stage not in MODEL_STAGES
+        quant = [i for i, s in enumerate(self.stages) if s.stage == "quantize"]
+        if quant and any(s.stage in MODEL_STAGES for s in self.stages[quant[-1] + 1:]):
+            raise ValueError(f"stages.{quant[-1]}: quantize must be the last model stage (a quantized model "
+                             "is not pruned, distilled or fine-tuned further)")
+        return self
+
+    @property
+    def timed(self) -> bool:
+        """Whether the deploy step times the artifacts (a benchmark stage) or only verifies them."""
+        return any(s.stage == "benchmark" for s in self.stages) or not any(
+            s.stage in ("export", "verify") for s in self.stages)
+
+
+def validation_message(e: ValidationError, where: str) -> str:
+    err = e.errors()[0]
+    field = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in _TAGS)) or "(root)"
+    msg = err["msg"]
+    if err["type"] == "union_tag_invalid":
+        field += ".stage"
+        msg = f"unknown stage {err.get('input', {}).get('stage')!r}; valid: {', '.join(_TAGS)}"
+    return f"{where}: field '{field}': {msg}"
+
+
+_TAGS = ("finetune", "prune", "distill", "quantize", "export", "verify", "benchmark")
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read recipe {path}: {str(e).splitlines()[0]}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {path} must be a YAML mapping with a 'stages' list")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(validation_message(e, f"recipe {path}")) from e
+
+
+def default_recipe(profile) -> Recipe:
+    """The profile's own recipe, else PTQ at the profile's preferred integer precision + benchmark."""
+    if profile.recipe is not None:
+        return profile.recipe
+    stages: list[dict] = []
+    if "int8" in profile.precisions:
+        stages.append({"stage": "quantize", "mode": "ptq", "bits": 8})
+    stages.append({"stage": "benchmark"})
+    return Recipe.model_validate({"name": f"{profile.name} default", "stages": stages})

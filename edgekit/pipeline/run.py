@@ -1,0 +1,267 @@
+"""Run a recipe: model stages in order under one accuracy budget, then deploy; resumable.
+
+Each model stage is one of the stage functions (finetune, prune, distill, quantize) run into its
+own folder `stages/NN_name[_tryK]/`; its record is appended to `pipeline.json` only when it is
+complete, so `resume=True` skips finished stages and continues an interrupted training stage
+from its last checkpoint. A stage whose model loses more than the budget (top-1 points against
+the input model, held-out split) is retried with a gentler setting, else rolled back. The
+deploy step then exports, verifies and times the final model and the input model (the baseline)
+on the profile's runtimes, with the profile's predicted latency beside the measured one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .._io import atomic_write_json, check_out_dir
+from ..errors import InputError
+from .recipe import MODEL_STAGES, Recipe, default_recipe, load_recipe
+
+__all__ = ["compress", "CompressResult", "STATE_FILE", "PROFILE_DEFAULT"]
+
+log = logging.getLogger(__name__)
+STATE_FILE = "pipeline.json"
+#: `limit` value meaning "the profile's eval_images" (None means every held-out image)
+PROFILE_DEFAULT = -1
+
+
+@dataclass
+class _Source:
+    """The model a stage starts from (the input may need --arch; stage outputs carry cards)."""
+
+    path: str
+    arch: str | None = None
+    trust_pickle: bool = False
+
+
+@dataclass
+class CompressResult:
+    out: Path
+    report: dict
+
+    @property
+    def rows(self):
+        from ..report import Row
+        return [Row(**{k: v for k, v in r.items() if k != "details"}, details=r.get("details", {}))
+                for r in self.report["deploy"]]
+
+
+def _gentler(spec) -> list:
+    """The settings to try, first the recipe's, then gentler ones (a budget miss retries them)."""
+    out = [spec]
+    if spec.stage == "prune":
+        t = spec.target_macs
+        for _ in range(2):
+            t = round((t + 1) / 2, 4)
+            out.append(spec.model_copy(update={"target_macs": t}))
+    elif spec.stage == "quantize":
+        if spec.bits == 4:
+            out.append(spec.model_copy(update={"bits": 8}))
+        elif spec.mode == "ptq":
+            out.append(spec.model_copy(update={"mode": "qat"}))
+        elif not spec.kd:
+            out.append(spec.model_copy(update={"kd": True}))
+    return out
+
+
+def _config(recipe: Recipe, epochs: int, lr: float, **kw):
+    from ..train import TrainConfig
+    t = recipe.train
+    return TrainConfig(epochs=epochs, lr=lr, batch_size=t.batch_size, train_limit=t.train_limit, hflip=t.hflip,
+                       seed=t.seed, **kw)
+
+
+def _run_stage(spec, src: _Source, folder: Path, ctx: dict) -> Path:
+    """One model stage into `folder`; returns the path of its output model."""
+    from ..bench import TimingConfig
+    from ..stages import distill, finetune, prune, quantize
+
+    recipe, data, progress = ctx["recipe"], ctx["data"], ctx["progress"]
+    light = TimingConfig(warmup=2, iters=10, passes=2, throughput_iters=1)
+    if spec.stage == "finetune":
+        res = finetune(src.path, data=data, out=folder, arch=src.arch, trust_pickle=src.trust_pickle,
+                       config=_config(recipe, spec.epochs, spec.lr), resume=True, progress=progress)
+        return res.last_path
+    if spec.stage == "prune":
+        prune(src.path, data=data, out=folder, target_macs=spec.target_macs, importance=spec.importance,
+              config=_config(recipe, max(spec.recovery_epochs, 1), spec.lr), recover=spec.recovery_epochs > 0,
+              kd=spec.kd, profile=ctx["profile"], limit=ctx["limit"], arch=src.arch, trust_pickle=src.trust_pickle,
+              resume=True, progress=progress, seed=recipe.train.seed, timing=light)
+        return folder / "model.pt"
+    if spec.stage == "distill":
+        res = distill(src.path, student=ctx["student"] or spec.student, data=data, out=folder,
+                      teacher_arch=src.arch, trust_pickle=src.trust_pickle, temperature=spec.temperature,
+                      alpha=spec.alpha, config=_config(recipe, spec.epochs, spec.lr, warmup_epochs=min(1.0, spec.epochs / 5)),
+                      resume=True, progress=progress)
+        return res.last_path
+    res = quantize(src.path, data=data, out=folder, mode=spec.mode, bits=spec.bits, arch=src.arch,
+                   trust_pickle=src.trust_pickle, config=_config(recipe, spec.epochs, spec.lr, weight_decay=0.0),
+                   kd=spec.kd, calibration_images=ctx["profile"].calibration_images, limit=ctx["limit"],
+                   backends="torch", threads=1, timing=light, resume=True, progress=progress, seed=recipe.train.seed)
+    return res.model_path
+
+
+def _describe(path: Path, eval_split, card_hint=None) -> dict:
+    """Top-1 (torch; fake-quant for quantized checkpoints), MACs, params and file size of a model."""
+    from ..models import load_model
+    from ..models.stats import count_macs, count_params
+    from ..train.engine import evaluate_top1
+
+    loaded = load_model(path)
+    m = loaded.module.eval()
+    info = {"model": str(path), "top1": round(evaluate_top1(m, eval_split, loaded.card)[0], 2),
+            "params": count_params(m), "size_mb": round(Path(path).stat().st_size / 1e6, 3),
+            "arch": loaded.card.arch, "quantization": loaded.card.notes.get("quantization")}
+    try:
+        info["macs"] = count_macs(m, loaded.card.input_size)
+    except Exception:  # noqa: BLE001 - MACs are informative; a model the counter cannot trace still runs
+        info["macs"] = None
+    return info
+
+
+def _load_state(out: Path, key: dict, resume: bool) -> dict:
+    import json
+
+    path = out / STATE_FILE
+    if not path.exists():
+        return {**key, "stages": [], "status": "running"}
+    if not resume:
+        raise InputError(f"{out} already holds a compress run ({STATE_FILE}): pass --resume to continue it, "
+                         "or another --out")
+    state = json.loads(path.read_text())
+    for k in ("input", "recipe", "profile", "max_drop"):
+        if state.get(k) != key[k]:
+            raise InputError(f"cannot resume {out}: it was started with a different {k} "
+                             f"({state.get(k)!r}); use another --out for a new run")
+    return state
+
+
+def compress(model: str | Path, *, profile: str, data: str | Path, out: str | Path,
+             recipe: str | Path | Recipe | None = None, max_drop: float | None = None, student: str | None = None,
+             arch: str | None = None, num_classes: int | None = None, trust_pickle: bool = False,
+             limit: int | None = PROFILE_DEFAULT, resume: bool = False, seed: int = 0,
+             timing=None, progress: bool = True) -> CompressResult:
+    """Run `recipe` (default: the profile's) on `model` for `profile`; write `out`/report.{md,json},
+    pareto.png, the stage folders, deploy/ (final artifacts) and baseline/ (the input model's)."""
+    from ..benchmark import prepare
+    from ..profiles import get_profile
+    from .report import write_report
+
+    prof = get_profile(profile)
+    rec = recipe if isinstance(recipe, Recipe) else (load_recipe(recipe) if recipe else default_recipe(prof))
+    if student:
+        if not any(s.stage == "distill" for s in rec.stages):
+            first = next((i for i, s in enumerate(rec.stages) if s.stage == "quantize" or s.stage not in MODEL_STAGES),
+                         len(rec.stages))
+            stages = list(rec.stages)
+            stages.insert(first, {"stage": "distill", "student": student})
+            rec = Recipe.model_validate({**rec.model_dump(), "stages": [
+                s if isinstance(s, dict) else s.model_dump() for s in stages]})
+    budget = max_drop if max_drop is not None else (rec.max_drop if rec.max_drop is not None
+                                                    else prof.budgets.accuracy_drop)
+    if budget < 0:
+        raise InputError("--max-drop must be >= 0 (top-1 points)")
+    out = check_out_dir(Path(out))
+    limit = prof.eval_images if limit == PROFILE_DEFAULT else limit
+    # Loads the model and the data and checks they fit, before any stage runs.
+    prep = prepare(model, data=data, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle, limit=limit,
+                   calibration_images=1, seed=seed)
+    key = {"input": str(model), "recipe": rec.model_dump(), "profile": prof.name, "max_drop": budget,
+           "student": student}
+    state = _load_state(out, key, resume)
+    if state["status"] == "done" and (out / "report.json").is_file():  # a finished run: nothing to redo
+        import json
+        report = json.loads((out / "report.json").read_text())
+        write_report(out, report)
+        return CompressResult(out, report)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save():
+        atomic_write_json(out / STATE_FILE, state)
+
+    eval_split = prep.eval_split
+    from ..models import save_model
+    base_path = out / "stages" / "00_input" / "model.pt"
+    if not base_path.exists():
+        save_model(prep.module, prep.card, base_path)
+    base = state.get("baseline_model") or _describe(base_path, eval_split)
+    state["baseline_model"] = base
+    save()
+    ctx = {"recipe": rec, "data": data, "progress": progress, "profile": prof, "limit": limit, "student": student}
+    src = _Source(str(base_path))
+    done = {(r["index"], r["attempt"]): r for r in state["stages"]}
+    model_stages = [(i, s) for i, s in enumerate(rec.stages) if s.stage in MODEL_STAGES]
+    for n, (i, spec) in enumerate(model_stages, 1):
+        accepted = None
+        for k, attempt in enumerate(_gentler(spec), 1):
+            r = done.get((i, k))
+            if r is None:
+                folder = out / "stages" / (f"{i + 1:02d}_{spec.stage}" + (f"_try{k}" if k > 1 else ""))
+                log.info("stage %d/%d: %s (attempt %d)", n, len(model_stages), spec.stage, k)
+                t0 = time.time()
+                path = _run_stage(attempt, src, folder, ctx)
+                info = _describe(path, eval_split)
+                drop = round(base["top1"] - info["top1"], 2)
+                r = {"index": i, "attempt": k, "stage": spec.stage, "settings": attempt.model_dump(),
+                     "dir": str(folder), **info, "drop": drop, "seconds": round(time.time() - t0, 1),
+                     "status": "ok" if drop <= budget else "over budget"}
+                state["stages"].append(r)
+                save()
+            if r["status"] == "ok":
+                accepted = r
+                break
+        if accepted is None:
+            for r in state["stages"]:
+                if r["index"] == i:
+                    r["status"] = "rolled back"
+            save()
+        else:
+            src = _Source(accepted["model"])
+    state["final_model"] = src.path
+    report = _deploy(state, rec, prof, base_path, Path(src.path), data, out, limit, seed, progress, budget, timing)
+    state["status"] = "done"
+    save()
+    write_report(out, report)
+    return CompressResult(out, report)
+
+
+def _deploy(state: dict, rec: Recipe, prof, base_path: Path, final: Path, data, out: Path, limit, seed: int,
+            progress: bool, budget: float, timing=None) -> dict[str, Any]:
+    """Export, verify and (for a benchmark stage) time the final and the input model; pick the best."""
+    from ..bench import TimingConfig
+    from ..benchmark import benchmark, export
+
+    backends = ["torch", *prof.runtimes]
+    precisions = list(dict.fromkeys(["fp32", *[p for p in prof.precisions if p in ("fp16", "int8")]]))
+    timing = timing or TimingConfig(warmup=10, iters=100, passes=5, throughput_batch=prof.throughput_batch)
+    runs = {"deploy": final} if final == base_path else {"deploy": final, "baseline": base_path}
+    results = {}
+    for name, path in runs.items():
+        quantized = state["baseline_model"]["quantization"] if name == "baseline" else None
+        if name == "deploy" and final != base_path:
+            quantized = next((r["quantization"] for r in state["stages"] if r["model"] == str(final)), None)
+        prec = None if quantized else precisions
+        if rec.timed:
+            res = benchmark(path, data=data, out=out / name, backends=backends, precisions=prec, threads=prof.threads,
+                            limit=limit, calibration_images=prof.calibration_images, seed=seed, timing=timing,
+                            progress=progress, title=f"edgekit compress ({name}): {prof.name}", profile=prof)
+            rows = res.rows
+        else:
+            rows = export(path, out=out / name, data=data, backends=backends, precisions=prec, limit=limit,
+                          calibration_images=prof.calibration_images, seed=seed, progress=progress)
+        results[name] = [dict(r.to_dict(), details=r.details) for r in rows]
+    base_top1 = state["baseline_model"]["top1"]
+    for name, rows in results.items():
+        for r in rows:
+            if r["status"] == "ok" and r["top1"] is not None:
+                r["details"]["drop"] = round(base_top1 - r["top1"], 2)
+                r["details"]["within_budget"] = r["details"]["drop"] <= budget
+    return {"input": state["input"], "profile": prof.name, "profile_description": prof.description,
+            "efficiency_source": prof.efficiency_source, "recipe": state["recipe"], "max_drop": budget,
+            "baseline_model": state["baseline_model"], "stages": state["stages"], "final_model": str(final),
+            "deploy": results["deploy"], "baseline": results.get("baseline", []), "timed": rec.timed,
+            "changed": final != base_path}

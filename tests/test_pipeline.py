@@ -1,0 +1,158 @@
+"""The compress pipeline on real (small) runs: recipe validation, the demo, kill + resume, budgets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edgekit.errors import ConfigError
+from edgekit.pipeline import load_recipe
+
+pytestmark = pytest.mark.slow
+
+
+def _recipe(tmp_path: Path, body: dict) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+@pytest.mark.parametrize("stages,field", [
+    ([{"stage": "prune"}, {"stage": "sharpen"}], "stages.1.stage"),
+    ([{"stage": "prune", "target_macs": 2.0}], "stages.0.target_macs"),
+    ([{"stage": "quantize", "bits": 3}], "stages.0.bits"),
+    ([{"stage": "quantize", "colour": "red"}], "stages.0.colour"),
+    ([{"stage": "benchmark"}, {"stage": "prune"}], "stages.1"),
+    ([{"stage": "quantize"}, {"stage": "prune"}], "stages.0"),
+    ([], "stages"),
+])
+def test_bad_recipe_names_the_field(tmp_path, stages, field):
+    with pytest.raises(ConfigError, match=f"field '{field}|{field}:"):
+        load_recipe(_recipe(tmp_path, {"stages": stages}))
+
+
+def run_cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "edgekit.cli", *args], capture_output=True, text=True, **kw)
+
+
+def test_demo_end_to_end(tmp_path):
+    """`edgekit demo` (short setting) in a subprocess: every stage in the report, a verified table."""
+    out = tmp_path / "demo"
+    p = run_cli("demo", "--out", str(out), "--epochs", "2", "--stage-epochs", "1", timeout=900)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rep = json.loads((out / "report.json").read_text())
+    assert [s["stage"] for s in rep["stages"] if s["attempt"] == 1] == ["prune", "quantize"]
+    md = (out / "report.md").read_text()
+    for needle in ("| 1 | prune |", "| 2 | quantize |", "## Deployed: the final model", "## Baseline", "predicted ms"):
+        assert needle in md
+    assert (out / "pareto.png").stat().st_size > 10_000
+    assert any(r["status"] == "ok" and r["backend"] == "onnxruntime" for r in rep["deploy"])
+    assert "report:" in p.stdout
+
+
+@pytest.fixture(scope="module")
+def digits_model(tmp_path_factory):
+    """A ResNet-20 trained 2 epochs on the bundled digits (what the demo starts from)."""
+    from edgekit.data import digits_stats, load_dataset
+    from edgekit.models import get_model
+    from edgekit.train import Supervised, TrainConfig, train
+
+    module, card = get_model("cifar_resnet20", num_classes=10)
+    stats = digits_stats(card.input_size)
+    ds = load_dataset("digits", input_size=card.input_size)
+    card = card.with_(mean=tuple(stats.mean), std=tuple(stats.std), class_names=list(ds.classes))
+    res = train(Supervised(module), card, ds.train, ds.eval,
+                TrainConfig(epochs=2, batch_size=64, lr=0.05, hflip=False, warmup_epochs=0.5),
+                tmp_path_factory.mktemp("teacher"), progress=False)
+    return res.last_path
+
+
+@pytest.fixture
+def ort_profile(tmp_path) -> Path:
+    """x86 with ONNX Runtime only: the same checks at half the export work."""
+    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "profiles" / "x86-avx2.yaml").read_text())
+    data.update(name="x86-ort", aliases=[], runtimes=["onnxruntime"])
+    path = tmp_path / "x86-ort.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+RESUME_RECIPE = {"train": {"batch_size": 64, "hflip": False, "train_limit": 512},
+                 "stages": [{"stage": "finetune", "epochs": 3, "lr": 0.01}, {"stage": "quantize", "mode": "ptq"},
+                            {"stage": "export"}]}
+
+
+def _files(run: Path) -> set[str]:
+    return {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and "train" not in p.parts
+            and p.suffix not in (".json", ".jsonl", ".md", ".png")}
+
+
+def test_killed_run_resumes_to_the_same_end(tmp_path, digits_model, ort_profile):
+    recipe = _recipe(tmp_path, RESUME_RECIPE)
+    args = ["compress", str(digits_model), "--profile", str(ort_profile), "--data", "digits", "--recipe", str(recipe),
+            "--limit", "0"]
+    ref = tmp_path / "ref"
+    p = run_cli(*args, "--out", str(ref), timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli", *args, "--out", str(run)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    metrics = run / "stages" / "01_finetune" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # mid-finetune: epoch 1 checkpointed, epoch 2 under way
+    proc.wait()
+    killed = json.loads((run / "pipeline.json").read_text())
+    assert killed["stages"] == []
+
+    p = run_cli(*args, "--out", str(run), timeout=600)
+    assert p.returncode == 2 and "--resume" in p.stderr  # an existing run is never overwritten silently
+    p = run_cli(*args, "--out", str(run), "--resume", timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    a, b = (json.loads((d / "report.json").read_text()) for d in (ref, run))
+    assert [s["stage"] for s in a["stages"]] == [s["stage"] for s in b["stages"]] == ["finetune", "quantize"]
+    history = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2, 3]  # resumed, not restarted
+    assert b["stages"][0]["top1"] == pytest.approx(a["stages"][0]["top1"], abs=0.6)
+    assert _files(ref) == _files(run)
+    # a finished run resumed again redoes nothing
+    before = (run / "stages" / "02_quantize" / "model.pt").stat().st_mtime
+    p = run_cli(*args, "--out", str(run), "--resume", timeout=600)
+    assert p.returncode == 0 and (run / "stages" / "02_quantize" / "model.pt").stat().st_mtime == before
+    # re-render and compare
+    (run / "report.md").unlink()
+    assert run_cli("report", str(run)).returncode == 0 and (run / "report.md").exists()
+    p = run_cli("compare", str(ref), str(run))
+    assert p.returncode == 0 and "finetune (ok), quantize (ok)" in p.stdout
+
+
+def test_budget_that_cannot_be_met(tmp_path, digits_model, ort_profile):
+    """A prune that cannot stay within 0 points is retried gentler, then rolled back; the run ends with
+    the input model's artifacts that meet the budget and says so, not with a crash."""
+    from edgekit.bench import TimingConfig
+    from edgekit.compress import compress
+    from edgekit.pipeline import Recipe
+
+    recipe = Recipe.model_validate({"train": {"batch_size": 64, "hflip": False}, "stages": [
+        {"stage": "prune", "target_macs": 0.3, "recovery_epochs": 0}, {"stage": "benchmark"}]})
+    res = compress(digits_model, profile=str(ort_profile), data="digits", out=tmp_path / "b", recipe=recipe,
+                   max_drop=0.0, limit=None, progress=False,
+                   timing=TimingConfig(warmup=2, iters=10, passes=2, throughput_batch=4, throughput_iters=2))
+    rep = res.report
+    assert [s["status"] for s in rep["stages"]] == ["rolled back"] * 3
+    assert [s["settings"]["target_macs"] for s in rep["stages"]] == [0.3, 0.65, 0.825]
+    assert rep["changed"] is False and rep["final_model"].endswith("00_input/model.pt")
+    md = (tmp_path / "b" / "report.md").read_text()
+    assert "No compression stage was kept within the budget of 0.0 points" in md
+    fp32 = [r for r in rep["deploy"] if r["backend"] == "onnxruntime" and r["precision"] == "fp32"][0]
+    assert fp32["details"]["within_budget"] and "(input model)" in md
