@@ -156,3 +156,23 @@ def test_budget_that_cannot_be_met(tmp_path, digits_model, ort_profile):
     assert "No compression stage was kept within the budget of 0.0 points" in md
     fp32 = [r for r in rep["deploy"] if r["backend"] == "onnxruntime" and r["precision"] == "fp32"][0]
     assert fp32["details"]["within_budget"] and "(input model)" in md
+
+
+def test_device_that_is_not_here(tmp_path, digits_model):
+    """jetson: TensorRT rows say unavailable, ONNX Runtime measures the same graphs as a labelled stand-in,
+    every row carries the Orin Nano's predicted latency."""
+    from edgekit.bench import TimingConfig
+    from edgekit.compress import compress
+    from edgekit.pipeline import Recipe
+
+    res = compress(digits_model, profile="jetson", data="digits", out=tmp_path / "j", limit=50, progress=False,
+                   recipe=Recipe.model_validate({"stages": [{"stage": "benchmark"}]}),
+                   timing=TimingConfig(warmup=2, iters=6, passes=2, throughput_batch=4, throughput_iters=2))
+    rep = res.report
+    assert rep["stand_in"] == "onnxruntime" and rep["stages"] == [] and rep["baseline"] == []
+    rows = {(r["backend"], r["precision"]): r for r in rep["deploy"]}
+    assert rows[("tensorrt", "int8")]["status"] == "unavailable"
+    assert rows[("onnxruntime", "int8")]["status"] == "ok"
+    assert all(r["details"]["predicted_profile"] == "jetson-orin-nano" for r in rows.values())
+    md = (tmp_path / "j" / "report.md").read_text()
+    assert "stand-in" in md and "predicted ms (jetson-orin-nano)" in md

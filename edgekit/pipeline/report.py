@@ -65,6 +65,11 @@ def render_report(report: dict) -> str:
     md = [f"# edgekit compress: `{Path(report['input']).name}` for `{report['profile']}`", "",
           f"Profile: {report['profile_description']}. Accuracy budget: at most {report['max_drop']} top-1 points "
           f"below the input model ({b['top1']:.2f}% on the held-out images), measured on the deployed artifacts.", ""]
+    if report.get("stand_in"):
+        md += [f"The profile's runtime ({', '.join(report['runtimes'])}) is not available on this machine: its "
+               f"files are written and checked where they can be, and {report['stand_in']} runs the same graphs "
+               "here as a stand-in. Latency on the device is the \"predicted\" column; the measured columns are "
+               "this machine's.", ""]
     best, which = best_artifact(report)
     base_rows = {(r["backend"], r["precision"]): r for r in _ok(report["baseline"] or report["deploy"])}
     if best:

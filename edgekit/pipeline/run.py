@@ -235,7 +235,15 @@ def _deploy(state: dict, rec: Recipe, prof, base_path: Path, final: Path, data, 
     from ..bench import TimingConfig
     from ..benchmark import benchmark, export
 
+    from ..backends import get_backend
+
     backends = ["torch", *prof.runtimes]
+    # A device whose runtime is not here (TensorRT on a Jetson): its files are still written, and
+    # ONNX Runtime measures the same graphs here as a labelled stand-in, next to the prediction.
+    stand_in = None
+    if all(get_backend(b).unavailable() for b in prof.runtimes) and not get_backend("onnxruntime").unavailable():
+        stand_in = "onnxruntime"
+        backends.append(stand_in)
     precisions = list(dict.fromkeys(["fp32", *[p for p in prof.precisions if p in ("fp16", "int8")]]))
     timing = timing or TimingConfig(warmup=10, iters=100, passes=5, throughput_batch=prof.throughput_batch)
     runs = {"deploy": final} if final == base_path else {"deploy": final, "baseline": base_path}
@@ -264,4 +272,4 @@ def _deploy(state: dict, rec: Recipe, prof, base_path: Path, final: Path, data, 
             "efficiency_source": prof.efficiency_source, "recipe": state["recipe"], "max_drop": budget,
             "baseline_model": state["baseline_model"], "stages": state["stages"], "final_model": str(final),
             "deploy": results["deploy"], "baseline": results.get("baseline", []), "timed": rec.timed,
-            "changed": final != base_path}
+            "changed": final != base_path, "stand_in": stand_in, "runtimes": prof.runtimes}
