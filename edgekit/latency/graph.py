@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LayerWork", "graph_work"]
+__all__ = ["LayerWork", "GraphWork", "graph_work"]
 
 #: folded into the producing conv/gemm by ONNX Runtime, OpenVINO and TensorRT
 _FUSABLE = {"Relu", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish", "Sigmoid", "Tanh",
@@ -58,7 +58,14 @@ def _load(model):
     return onnx.shape_inference.infer_shapes(m)
 
 
-def graph_work(model) -> list[LayerWork]:
+class GraphWork(list):
+    """The layers, plus the elements of the graph's inputs and outputs (what a runtime converts
+    on every call: layout reorders, copies)."""
+
+    io_elems: int = 0
+
+
+def graph_work(model) -> "GraphWork":
     """Per-layer work of an ONNX model (path or ModelProto), per image at batch 1."""
     from onnx import numpy_helper
 
@@ -100,7 +107,9 @@ def graph_work(model) -> list[LayerWork]:
     def is_const(x: str) -> bool:
         return root(x) in inits
 
-    layers: list[LayerWork] = []
+    layers = GraphWork()
+    layers.io_elems = sum(_numel(shapes.get(v.name, [])) for v in list(g.output) + [
+        i for i in g.input if i.name not in inits])
     producer: dict[str, LayerWork] = {}
     for idx, n in enumerate(g.node):
         op, name = n.op_type, n.name or f"{n.op_type}_{idx}"

@@ -97,6 +97,10 @@ def _price(layers: Sequence[LayerWork], profile, runtime: str | None, precision:
         peak = unit.peak_gops.get(peak_key) or unit.peak_gops.get("fp32")
         eff = profile.efficiency_for(runtime, prec)
         abytes, wbytes = BYTES.get(prec, (4, 4))
+        if lw.kind == "memory" and abytes < 4 and prec != "fp16":
+            # outside conv/gemm an integer graph mostly runs float ops between dequantize and
+            # quantize (SE blocks, SiLU, shuffles): the activations move at float width
+            abytes = 4
         nbytes = lw.act_elems * batch * abytes + lw.weight_elems * wbytes
         ops = 2.0 * lw.macs * batch
         kind_eff = {"conv": eff.conv, "depthwise": eff.depthwise, "grouped": eff.grouped, "gemm": eff.gemm}.get(lw.kind)
@@ -129,13 +133,19 @@ def predict(model: str | Path | Sequence[LayerWork], profile, *, precision: str 
     runtime = runtime or prof.runtimes[0]
     threads = threads or prof.threads[0]
     batch = batch or prof.throughput_batch
-    layers = list(model) if isinstance(model, (list, tuple)) else graph_work(model)
+    layers = model if isinstance(model, (list, tuple)) else graph_work(model)
     one = _price(layers, prof, runtime, precision, threads, 1)
     many = _price(layers, prof, runtime, precision, threads, batch)
-    call = prof.efficiency_for(runtime, precision).call_overhead_us / 1e3
-    one.append(LayerPrediction("(call)", "-", "call", precision, 0, 0.0, 0.0, 0.0, call, call, "overhead"))
+    # per call: a fixed cost, plus reading/converting the float input and writing the output
+    eff = prof.efficiency_for(runtime, precision)
+    io_bytes = 2 * 4 * getattr(layers, "io_elems", 0)
+    io_ms = io_bytes / (prof.memory.bandwidth_gbs * 1e9 * eff.memory) * 1e3
+    call = eff.call_overhead_us / 1e3 + io_ms
+    one.append(LayerPrediction("(call: input/output, dispatch)", "-", "call", precision, 0, io_bytes, 0.0, io_ms,
+                               eff.call_overhead_us / 1e3, call, "overhead"))
     return Prediction(prof.name, unit.name, runtime, precision, threads, prof.efficiency_source, one,
-                      sum(r.ms for r in one), batch, sum(r.ms for r in many) + call)
+                      sum(r.ms for r in one), batch, sum(r.ms for r in many) + eff.call_overhead_us / 1e3
+                      + io_ms * batch)
 
 
 def predict_model(model: str | Path, profile, *, arch: str | None = None, num_classes: int | None = None,
