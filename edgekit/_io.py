@@ -10,9 +10,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import InputError
+from .errors import ConfigError, InputError
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "check_out_dir", "staged_dir"]
+__all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "check_out_dir", "staged_dir", "read_yaml_model"]
 
 
 @contextlib.contextmanager
@@ -77,3 +77,29 @@ def staged_dir(out: Path) -> Iterator[Path]:
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(item, dest)
     shutil.rmtree(stage, ignore_errors=True)
+
+
+def read_yaml_model(path: Path, schema, what: str, *, tags: tuple[str, ...] = ()):
+    """Read a YAML mapping and validate it with the pydantic `schema`; every failure is a
+    ConfigError naming the file and the first wrong field. `tags` are the values of a
+    discriminated union (recipe stages): dropped from field paths, listed when unknown."""
+    import yaml
+    from pydantic import ValidationError
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read {what} {path}: {str(e).splitlines()[0]}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} must be a YAML mapping of fields")
+    try:
+        return schema.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(p) for p in err["loc"] if p not in tags) or "(root)"
+        msg = err["msg"]
+        if err["type"] == "union_tag_invalid":
+            key = str(err.get("ctx", {}).get("discriminator", "")).strip("'")
+            field += f".{key}"
+            msg = f"unknown {key} {err.get('input', {}).get(key)!r}; valid: {', '.join(tags)}"
+        raise ConfigError(f"{what} {path}: field '{field}': {msg}") from e

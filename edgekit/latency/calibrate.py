@@ -216,8 +216,8 @@ def calibrate(out: Path | None = None, *, runtimes: Sequence[str] = ("onnxruntim
         names = [m[0] for m in models]
     else:
         bw, names = bandwidth_gbs or memory_bandwidth_gbs(), list(dict.fromkeys(s.name for s in samples))
-    base = host_profile(calibration=None).model_copy(
-        update={"memory": host_profile(calibration=None).memory.model_copy(update={"bandwidth_gbs": bw})})
+    plain = host_profile(calibration=None)
+    base = plain.model_copy(update={"memory": plain.memory.model_copy(update={"bandwidth_gbs": bw})})
     factors = fit(samples, base)
     fitted = base.model_copy(update={"efficiency": {"default": base.efficiency["default"], **{
         k: base.efficiency["default"].model_copy(update=v) for k, v in factors.items()}}})

@@ -10,13 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .._io import read_yaml_model
 from ..errors import ConfigError
 
 __all__ = ["Recipe", "TrainSettings", "FinetuneStage", "PruneStage", "DistillStage", "QuantizeStage",
-           "DeployStage", "MODEL_STAGES", "load_recipe", "default_recipe", "validation_message"]
+           "DeployStage", "MODEL_STAGES", "load_recipe", "default_recipe"]
 
 
 class _Strict(BaseModel):
@@ -103,16 +103,6 @@ class Recipe(_Strict):
             s.stage in ("export", "verify") for s in self.stages)
 
 
-def validation_message(e: ValidationError, where: str) -> str:
-    err = e.errors()[0]
-    field = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in _TAGS)) or "(root)"
-    msg = err["msg"]
-    if err["type"] == "union_tag_invalid":
-        field += ".stage"
-        msg = f"unknown stage {err.get('input', {}).get('stage')!r}; valid: {', '.join(_TAGS)}"
-    return f"{where}: field '{field}': {msg}"
-
-
 _TAGS = ("finetune", "prune", "distill", "quantize", "export", "verify", "benchmark")
 
 
@@ -120,16 +110,7 @@ def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot read recipe {path}: {str(e).splitlines()[0]}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"recipe {path} must be a YAML mapping with a 'stages' list")
-    try:
-        return Recipe.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(validation_message(e, f"recipe {path}")) from e
+    return read_yaml_model(path, Recipe, "recipe", tags=_TAGS)
 
 
 def default_recipe(profile) -> Recipe:

@@ -105,7 +105,7 @@ def _run_stage(spec, src: _Source, folder: Path, ctx: dict) -> Path:
     return res.model_path
 
 
-def _describe(path: Path, eval_split, card_hint=None) -> dict:
+def _describe(path: Path, eval_split) -> dict:
     """Top-1 (torch; fake-quant for quantized checkpoints), MACs, params and file size of a model."""
     from ..models import load_model
     from ..models.stats import count_macs, count_params

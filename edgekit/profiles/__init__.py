@@ -12,9 +12,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import yaml
-from pydantic import ValidationError
-
-from ..errors import ConfigError, InputError
+from .._io import read_yaml_model
+from ..errors import InputError
 from .host import calibration_path, host_id, host_profile
 from .schema import Budgets, ComputeUnit, Efficiency, Memory, Profile, Quantization
 
@@ -51,18 +50,7 @@ def aliases() -> dict[str, str]:
 
 def load_profile_file(path: Path) -> Profile:
     """Read and validate one profile file; errors name the file and the field."""
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot read profile {path}: {str(e).splitlines()[0]}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"profile {path} must be a YAML mapping of fields")
-    try:
-        return Profile.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "(root)"
-        raise ConfigError(f"profile {path}: field '{field}': {err['msg']}") from e
+    return read_yaml_model(path, Profile, "profile")
 
 
 def get_profile(name: str | Profile) -> Profile:
