@@ -92,13 +92,17 @@ def main() -> None:
                                                out=work / "teacher", config=t_cfg, resume=True))
     s_cfg = TrainConfig(epochs=args.student_epochs, batch_size=128, lr=0.05, warmup_epochs=1, seed=0)
     runs = {}
-    for name, alpha in (("labels only", 0.0), ("KD", args.alpha)):
+    # KD first: it is the run the targets are about; the folder names carry the schedule so a
+    # longer re-run never resumes from a shorter run's checkpoints.
+    for name, alpha in (("KD", args.alpha), ("labels only", 0.0)):
         runs[name] = _timed(lambda a=alpha, n=name: distill(
-            teacher.best_path, student=student, data=CIFAR, out=work / n.replace(" ", "_"),
+            teacher.best_path, student=student, data=CIFAR,
+            out=work / f"{n.replace(' ', '_')}_w{args.width}_e{args.student_epochs}",
             temperature=args.temperature, alpha=a, config=s_cfg, resume=True))
     rows = [{**_row("ResNet-56 (shared weights, fine-tuned)", teacher.best_path, teacher, t_sec,
                     args.teacher_epochs), "role": "teacher"}]
-    for name, (res, sec) in runs.items():
+    for name in ("labels only", "KD"):
+        res, sec = runs[name]
         rows.append({**_row(f"MobileNetV2-32 x{args.width} {name}", res.best_path, res, sec,
                             args.student_epochs), "role": "student"})
     tp = throughput(student, edgekit.load_model(teacher.best_path).card)

@@ -33,6 +33,9 @@ class Timing:
     iters: int
     warmup: int
     throughput_batch: int
+    #: p50 of each part of a batch-1 call, where the runner times them apart (TensorRT: CUDA
+    #: events for host->device copy, compute, device->host copy); latency_ms_* stay end to end
+    split_ms_p50: dict[str, float] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,6 +54,7 @@ def time_runners(runners: Sequence[Callable[[np.ndarray], np.ndarray]], sample: 
     reps = -(-cfg.throughput_batch // len(sample))
     big = np.ascontiguousarray(np.concatenate([sample] * reps)[: cfg.throughput_batch])
     lat: list[list[float]] = [[] for _ in runners]
+    split: list[list[dict]] = [[] for _ in runners]
     thr: list[list[float]] = [[] for _ in runners]
     for r in runners:
         for _ in range(cfg.warmup):
@@ -64,6 +68,8 @@ def time_runners(runners: Sequence[Callable[[np.ndarray], np.ndarray]], sample: 
                 t0 = time.perf_counter()
                 r(one)
                 lat[i].append(time.perf_counter() - t0)
+                if getattr(r, "last_split_ms", None):
+                    split[i].append(r.last_split_ms)
             for _ in range(per_pass_thr):
                 t0 = time.perf_counter()
                 r(big)
@@ -71,7 +77,7 @@ def time_runners(runners: Sequence[Callable[[np.ndarray], np.ndarray]], sample: 
             if progress:
                 progress()
     out = []
-    for times, big_times in zip(lat, thr):
+    for times, big_times, parts in zip(lat, thr, split):
         ms = np.array(times) * 1e3
         out.append(Timing(
             latency_ms_p50=float(np.percentile(ms, 50)),
@@ -79,5 +85,6 @@ def time_runners(runners: Sequence[Callable[[np.ndarray], np.ndarray]], sample: 
             latency_ms_mean=float(ms.mean()),
             throughput_ips=float(cfg.throughput_batch / np.median(big_times)),
             iters=len(times), warmup=cfg.warmup, throughput_batch=cfg.throughput_batch,
+            split_ms_p50={k: float(np.median([p[k] for p in parts])) for k in parts[0]} if parts else None,
         ))
     return out

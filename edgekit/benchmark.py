@@ -79,18 +79,24 @@ class _Entry:
     verification: Verification | None = None
     runners: dict[int, Any] = field(default_factory=dict)
     executed: str = ""
+    #: why the runtime cannot run here, for a backend that still writes its artifact (TensorRT)
+    offline: str = ""
+    #: that artifact's check on a stand-in runtime
+    standin: Verification | None = None
 
 
-def _plan(backends: Sequence[str], precisions: Sequence[str], quant_label: str | None = None) -> list[_Entry]:
+def _plan(backends: Sequence[str], precisions: Sequence[str], quant_label: str | None = None,
+          profile=None) -> list[_Entry]:
     """One entry per (backend, precision). A fake-quant model (`quant_label`, from edgekit
-    quantize) exports only at its own precision; w4a8/mixed exist only for such models."""
+    quantize) exports only at its own precision; w4a8/mixed exist only for such models. With a
+    `profile`, its own runtimes offer only the precisions the device runs (no INT8 on a Maxwell)."""
     entries = []
     for b in backends:
         backend = get_backend(b)
         for p in precisions:
             e = _Entry(b, p)
             why = backend.unavailable()
-            if why:
+            if why and not backend.offline_export:
                 e.status, e.reason = "unavailable", why
             elif quant_label and p != quant_label:
                 e.status, e.reason = "unsupported", (f"the model is an edgekit {quant_label} quantized checkpoint; "
@@ -99,8 +105,13 @@ def _plan(backends: Sequence[str], precisions: Sequence[str], quant_label: str |
                 e.status, e.reason = "unsupported", (f"{p} needs a quantization-aware checkpoint: run edgekit "
                                                      f"quantize{' --bits 4' if p == 'w4a8' else ' --max-drop X'} "
                                                      "and benchmark its model.pt")
-            elif (why := backend.unsupported(p, quantized=bool(quant_label))):
-                e.status, e.reason = "unsupported", why
+            elif (unsup := backend.unsupported(p, quantized=bool(quant_label))):
+                e.status, e.reason = "unsupported", unsup
+            elif profile is not None and b in profile.runtimes and p not in profile.precisions:
+                e.status, e.reason = "unsupported", (f"{profile.name} runs {', '.join(profile.precisions)} "
+                                                     f"only ({profile.unit().description or profile.unit().name})")
+            elif why:
+                e.offline = why
             entries.append(e)
     return entries
 
@@ -111,8 +122,32 @@ def _quant_label(prep: "Prepared") -> str | None:
     return spec.label if spec else None
 
 
-def _export_entries(prep: Prepared, entries: list[_Entry], out_dir: Path, advance) -> None:
-    ctx = ExportContext(prep.module, prep.card, out_dir, calibration=prep.calibration)
+def _reference(prep: Prepared) -> dict | None:
+    """The source model's top-1 per evaluation image, keyed by its path inside the evaluation
+    folder, for artifacts scored away from here (a TensorRT bundle on the device)."""
+    import os
+
+    from .data.imagefolder import find_splits
+
+    paths = prep.eval_split.paths if prep.eval_split is not None else None
+    if not paths:
+        return None
+    try:
+        eval_dir = find_splits(prep.data_name)[1]
+    except EdgekitError:
+        return None
+    keys = [Path(os.path.relpath(p, eval_dir)).as_posix() for p in paths]
+    if any(k.startswith("../") for k in keys):
+        return None
+    preds = prep.reference()[0].argmax(1)
+    return {"source": f"{prep.card.arch or 'source model'} (torch), top-1", "dataset": prep.eval_split.name,
+            "predictions": dict(zip(keys, (int(c) for c in preds)))}
+
+
+def _export_entries(prep: Prepared, entries: list[_Entry], out_dir: Path, advance, profile=None) -> None:
+    offline = any(get_backend(e.backend).offline_export for e in entries if e.status == "ok")
+    ctx = ExportContext(prep.module, prep.card, out_dir, calibration=prep.calibration, profile=profile,
+                        reference=_reference(prep) if offline else None)
     try:
         for e in entries:
             if e.status != "ok":
@@ -135,6 +170,10 @@ def _verify_entries(prep: Prepared, entries: list[_Entry], threads: list[int],
             continue
         advance(0, f"verify {e.backend} {e.precision}")
         backend = get_backend(e.backend)
+        if e.offline:
+            _verify_offline(prep, e, backend, max(threads), tol)
+            advance(1)
+            continue
         try:
             for t in threads:
                 e.runners[t] = backend.load(e.artifact, threads=t)
@@ -154,6 +193,27 @@ def _verify_entries(prep: Prepared, entries: list[_Entry], threads: list[int],
         advance(1)
 
 
+def _verify_offline(prep: Prepared, e: _Entry, backend, threads: int, tol: Tolerance) -> None:
+    """An artifact whose runtime is not here: check its file on the stand-in; the row stays
+    "unavailable" (never ok) unless that check fails, which is a real failure of the file."""
+    ref, labels = prep.reference()
+    where = e.artifact.notes.get("bundle", e.artifact.path)
+    try:
+        runner = backend.standin(e.artifact, threads=threads)
+        logits, _ = predict(runner, prep.eval_split, prep.card)
+    except Exception as err:  # noqa: BLE001
+        e.status, e.reason = "verification failed", f"written to {where}, but its ONNX does not run on the stand-in: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+        return
+    key = "quantized" if _quant_label(prep) else e.precision
+    v = e.standin = verify(logits, ref, labels, key, tol)
+    if not v.passed:
+        e.status, e.reason = "verification failed", f"written to {where}, but on {runner.backend} (stand-in): {v.reason}"
+        return
+    e.status = "unavailable"
+    e.reason = (f"{e.offline}; bundle written to {where} ({e.artifact.notes.get('tensorrt_rules', 'rules ok')}); "
+                f"its ONNX on {runner.backend} (stand-in): top-1 {v.top1:.2f}%, agreement {v.agreement:.2%}")
+
+
 def _rows(entries: list[_Entry], threads: list[int], timings: dict) -> list[Row]:
     rows = []
     for e in entries:
@@ -161,7 +221,8 @@ def _rows(entries: list[_Entry], threads: list[int], timings: dict) -> list[Row]
         details = {"reason": e.reason, "executed": e.executed,
                    "artifact": str(e.artifact.path) if e.artifact else None,
                    "top5": v.top5 if v else None, "max_abs_diff": v.max_abs_diff if v else None,
-                   "images": v.n if v else None, **(e.artifact.notes if e.artifact else {})}
+                   "images": v.n if v else None, **(e.artifact.notes if e.artifact else {}),
+                   **({"standin": e.standin.to_dict()} if e.standin else {})}
         for t in threads if e.runners else [None]:
             tm = timings.get((id(e), t))
             rows.append(Row(
@@ -210,11 +271,14 @@ def benchmark(model: str | Path, *, data: str | Path, out: str | Path, arch: str
     backends = parse_backends(backends)
     threads = parse_threads(threads)
     out = check_out_dir(Path(out))
+    if profile is not None:
+        from .profiles import get_profile
+        profile = get_profile(profile)  # a bad name fails before any work
     prep = prepare(model, data=data, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle,
                    limit=limit, calibration_images=calibration_images, seed=seed)
     label = _quant_label(prep)
     precisions = parse_precisions(precisions or ((label,) if label else DEFAULT_PRECISIONS))
-    entries = _plan(backends, precisions, label)
+    entries = _plan(backends, precisions, label, profile)
     return run_entries(prep, entries, out, threads=threads, timing=timing, tolerance=tolerance,
                        progress=progress, title=title, env_extra={"model": str(model), "data": str(data)},
                        seed=seed, profile=profile)
@@ -238,8 +302,10 @@ def run_entries(prep: Prepared, entries: list[_Entry], out: Path, *, threads: li
         prep.reference()
         adv(1)
         extra_ids = {id(x) for x, _ in extra}
-        _export_entries(prep, [e for e in entries if id(e) not in extra_ids], stage, adv)
+        _export_entries(prep, [e for e in entries if id(e) not in extra_ids], stage, adv, profile=prof)
         for e, exporter in extra:
+            if e.status != "ok":
+                continue
             try:
                 e.artifact = exporter(stage)
             except EdgekitError as err:
@@ -331,11 +397,16 @@ def export(model: str | Path, *, out: str | Path, data: str | Path | None = None
            backends: Sequence[str] | str = ("onnxruntime", "openvino"),
            precisions: Sequence[str] | str | None = None, limit: int | None = 1000,
            calibration_images: int = 300, seed: int = 0, tolerance: Tolerance | None = None,
-           progress: bool = True) -> list[Row]:
+           progress: bool = True, profile: str | None = None) -> list[Row]:
     """Export and verify (no timing). `data` is required: every artifact is checked on real
-    images against the source model before it is reported, and INT8 needs calibration images."""
+    images against the source model before it is reported, and INT8 needs calibration images.
+    `profile` names the device the files are for (its TensorRT version, static shapes)."""
     backends = parse_backends(backends)
     out = check_out_dir(Path(out))
+    prof = None
+    if profile:
+        from .profiles import get_profile
+        prof = get_profile(profile)
     if data is None:
         from .errors import InputError
         raise InputError("export verifies every artifact on real images: pass --data DIR "
@@ -344,12 +415,12 @@ def export(model: str | Path, *, out: str | Path, data: str | Path | None = None
                    limit=limit, calibration_images=calibration_images, seed=seed)
     label = _quant_label(prep)
     precisions = parse_precisions(precisions or ((label,) if label else ("fp32",)))
-    entries = _plan(backends, precisions, label)
+    entries = _plan(backends, precisions, label, prof)
     live = [e for e in entries if e.status == "ok"]
     with staged_dir(out) as stage, progress_bar(2 * len(live) + 1, "export", enabled=progress) as adv:
         prep.reference()
         adv(1)
-        _export_entries(prep, entries, stage, adv)
+        _export_entries(prep, entries, stage, adv, profile=prof)
         _verify_entries(prep, entries, [1], tolerance or Tolerance(), adv)
         _moved(entries, stage, out)
         rows = _rows(entries, [1], {})

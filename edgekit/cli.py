@@ -61,16 +61,50 @@ def export_cmd(model: str = MODEL, data: str = DATA,
                backends: str = typer.Option("onnxruntime,openvino", "--backends"),
                precisions: str = typer.Option("", "--precisions", help="fp32,fp16,int8 (default: fp32, or a quantized checkpoint's own precision)"),
                limit: int = LIMIT, calib: int = typer.Option(300, "--calib", help="Calibration images for INT8."),
+               profile: Optional[str] = typer.Option(None, "--profile", help="Device the files are for (e.g. jetson-orin-nano): TensorRT bundles follow its TensorRT version and shapes."),
                seed: int = SEED, trust_pickle: bool = TRUST) -> None:
-    """Export to each backend and precision, verifying every artifact on real images."""
+    """Export to each backend and precision, verifying every artifact on real images.
+    `--backends tensorrt` writes a bundle per precision to build and run on the device."""
     from .benchmark import export
     from .report import render_rich
 
     rows = export(model, out=out, data=data, arch=arch, num_classes=num_classes,
                   trust_pickle=trust_pickle, backends=backends, precisions=precisions or None,
-                  limit=_limit(limit), calibration_images=calib, seed=seed)
+                  limit=_limit(limit), calibration_images=calib, seed=seed, profile=profile)
     out_console.print(render_rich(rows, title=f"edgekit export -> {out}"))
     _exit_on_failure(rows)
+
+
+@app.command("check-tensorrt")
+def check_tensorrt_cmd(onnx_file: Path = typer.Argument(..., help="ONNX file to check."),
+                       profile: Optional[str] = typer.Option(None, "--profile", help="Device profile: its TensorRT version and shape needs (e.g. jetson-nano)."),
+                       version: Optional[str] = typer.Option(None, "--tensorrt", help="TensorRT version to check against (default: the profile's, else the newest known)."),
+                       static: Optional[bool] = typer.Option(None, "--static/--dynamic", help="Require static input shapes (default: the profile's).")) -> None:
+    """Check an ONNX file against a TensorRT version's parser rules (opset, operators, Q/DQ, shapes).
+    Exit 0 when it passes, 1 with one line per violation (node, rule) when it does not."""
+    from .errors import InputError
+    from .tensorrt import check_onnx, rules_for
+
+    if not onnx_file.is_file():
+        raise InputError(f"ONNX file not found: {onnx_file}")
+    static_default = False
+    if profile:
+        from .profiles import get_profile
+        prof = get_profile(profile)
+        version = version or prof.runtime_versions.get("tensorrt")
+        static_default = prof.static_shapes
+    rules = rules_for(version)
+    try:
+        found = check_onnx(onnx_file, rules.version, static_shapes=static_default if static is None else static)
+    except Exception as e:  # noqa: BLE001 - protobuf's decode errors are not user-facing
+        raise InputError(f"{onnx_file} is not a readable ONNX model ({type(e).__name__}): re-export it") from None
+    for v in found:
+        out_console.print(str(v), highlight=False, markup=False)
+    verdict = "fails" if found else "passes"
+    out_console.print(f"{onnx_file} {verdict} TensorRT {rules.version} rules ({len(found)} violation(s))",
+                      highlight=False, markup=False)
+    if found:
+        raise typer.Exit(1)
 
 
 @app.command("eval")

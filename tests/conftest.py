@@ -30,3 +30,15 @@ def weights_dir() -> Path:
 @pytest.fixture(scope="session")
 def resnet20_path(weights_dir: Path) -> Path:
     return next(weights_dir.glob("resnet20-*.th"))
+
+
+@pytest.fixture(scope="session")
+def kd_student(tmp_path_factory, resnet20_path: Path, cifar_dir: Path):
+    """A MobileNetV2 x0.5 student distilled from the shared ResNet-20 for 3 short epochs (one
+    training, shared by the distillation and the TensorRT bundle tests)."""
+    from edgekit.stages import distill
+    from edgekit.train import TrainConfig
+
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=0.05, train_limit=3000, eval_limit=500)
+    return distill(resnet20_path, teacher_arch="cifar_resnet20", student="cifar_mobilenet_v2:width=0.5",
+                   data=cifar_dir, out=tmp_path_factory.mktemp("kd"), config=cfg, progress=False)

@@ -128,7 +128,10 @@ def test_w4a8_exports_smaller_and_runs(r20, tmp_path):
     q8, q4 = _ptq(module, 8, calib), _ptq(module, 4, calib)
     f8 = export_qdq(q8, card, tmp_path / "int8.onnx", target="tensorrt")
     f4 = export_qdq(q4, card, tmp_path / "w4a8.onnx", target="tensorrt")
-    assert check_tensorrt_rules(f4) == []
+    # INT4 convolutions run nowhere in TensorRT (its INT4 is weight-only MatMul/Gemm) and need
+    # opset 21, beyond 10.3's parser: the checker says both instead of passing the file
+    found = check_tensorrt_rules(f4)
+    assert any("[opset] opset 21" in f for f in found) and any("[qdq-type] INT4" in f for f in found)
     m4 = onnx.load(str(f4))
     assert max(o.version for o in m4.opset_import if o.domain in ("", "ai.onnx")) >= 21
     int4 = [t for t in m4.graph.initializer if t.data_type == onnx.TensorProto.INT4 and len(t.dims) >= 2]

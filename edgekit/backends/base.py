@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..data import Split
     from ..models import ModelCard
+    from ..profiles import Profile
 
 __all__ = ["PRECISIONS", "DEFAULT_PRECISIONS", "QAT_ONLY", "Artifact", "Runner", "Backend", "ExportContext", "BACKENDS",
            "register_backend", "get_backend"]
@@ -81,13 +82,19 @@ class ExportContext:
 
     def __init__(self, module: "torch.nn.Module", card: "ModelCard", out_dir: Path, *,
                  calibration: "Split | None" = None, stem: str = "model",
-                 opset: int | None = None) -> None:
+                 opset: int | None = None, profile: "Profile | None" = None,
+                 reference: dict | None = None) -> None:
         self.module = module
         self.card = card
         self.out_dir = Path(out_dir)
         self.calibration = calibration
         self.stem = stem
         self.opset = opset
+        #: the hardware profile exports are for (a device's runtime version, static shapes)
+        self.profile = profile
+        #: the source model's top-1 per evaluation image ({"predictions": {relpath: class}}),
+        #: shipped with bundles that are evaluated away from here
+        self.reference = reference
         self._onnx_fp32: Path | None = None
         self._work = self.out_dir / ".work"
         from ..quant import spec_of
@@ -143,9 +150,18 @@ class Backend(ABC):
     precisions: ClassVar[tuple[str, ...]]
     description: ClassVar[str] = ""
 
+    #: True for a backend whose artifact is built on the device (a TensorRT bundle): where its
+    #: runtime is unavailable the artifact is still written, and checked on `standin()`.
+    offline_export: ClassVar[bool] = False
+
     def unavailable(self) -> str | None:
         """Why this runtime cannot run here (SDK missing, no GPU), or None."""
         return None
+
+    def standin(self, artifact: Artifact, *, threads: int) -> Runner:
+        """A runner for an offline artifact on a runtime that is here (its ONNX on ONNX Runtime):
+        checks what was written, not the device's speed."""
+        raise NotImplementedError(f"{self.name} has no stand-in runner")
 
     def unsupported(self, precision: str, quantized: bool = False) -> str | None:
         """Why this backend does not offer `precision` (for a fake-quant model if `quantized`),

@@ -41,12 +41,24 @@ def export_onnx(module: "torch.nn.Module", card: "ModelCard", path: Path, *,
         try:
             _export(module, x, path, opset=opset, dynamic_batch=dynamic_batch, dynamo=dynamo)
             onnx.checker.check_model(str(path), full_check=False)
+            written = _opset(path)
+            if opset is not None and written != opset:
+                # dynamo writes opset 18 at least, whatever it is asked for; older targets
+                # (TensorRT 8.x) need the TorchScript exporter's real lower opsets
+                raise ExportError(f"wrote opset {written}, not the {opset} asked for")
             attach_card(path, card)
             return path
         except Exception as e:  # noqa: BLE001 - every exporter failure is reported, not raised raw
             errors.append(f"{'dynamo' if dynamo else 'legacy'}: {type(e).__name__}: "
                           f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}")
     raise ExportError("ONNX export failed (" + "; ".join(errors) + ")")
+
+
+def _opset(path: Path) -> int:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    return max((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), default=0)
 
 
 def _export(module, x, path: Path, *, opset, dynamic_batch: bool, dynamo: bool) -> None:

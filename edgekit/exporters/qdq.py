@@ -71,8 +71,9 @@ def float_twin(qmodel: "nn.Module") -> tuple["nn.Module", dict[str, dict]]:
 
 
 def export_qdq(qmodel: "nn.Module", card: "ModelCard", path: Path, *, target: str = "tensorrt",
-               work: Path | None = None) -> Path:
-    """Write the QDQ ONNX of a fake-quant model for `target` (see module docstring)."""
+               work: Path | None = None, opset: int | None = None, dynamic_batch: bool = True) -> Path:
+    """Write the QDQ ONNX of a fake-quant model for `target` (see module docstring); `opset`
+    and `dynamic_batch` as in `export_onnx` (a device's TensorRT may need both fixed)."""
     import onnx
 
     from .onnx import attach_card, export_onnx
@@ -83,7 +84,7 @@ def export_qdq(qmodel: "nn.Module", card: "ModelCard", path: Path, *, target: st
     int4 = any(r["bits"] == 4 for r in records.values())
     path = Path(path)
     float_path = (work or path.parent) / f".{path.stem}.float.onnx"
-    export_onnx(twin, card, float_path, opset=21 if int4 else None)
+    export_onnx(twin, card, float_path, opset=21 if int4 else opset, dynamic_batch=dynamic_batch)
     model = onnx.load(str(float_path))
     float_path.unlink(missing_ok=True)
     _Rewriter(model, records, target).run()
@@ -269,34 +270,9 @@ class _Rewriter:
             self.graph.initializer.remove(t)
 
 
-def check_tensorrt_rules(path: Path) -> list[str]:
-    """What keeps a QDQ ONNX from TensorRT's explicit quantization (empty = nothing): opset >= 13,
-    signed INT8 (or INT4 weight) Q/DQ, zero points 0, per-channel weight scales on axis 0."""
-    import onnx
-    from onnx import TensorProto, numpy_helper
+def check_tensorrt_rules(path: Path, version: str | None = None) -> list[str]:
+    """What keeps a QDQ ONNX from TensorRT `version` (default: the newest edgekit knows), as
+    one "node: [rule] message" line each; empty = nothing. See edgekit.tensorrt.rules."""
+    from ..tensorrt.rules import check_onnx
 
-    model = onnx.load(str(path))
-    g = model.graph
-    problems = []
-    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
-    if opset < 13:
-        problems.append(f"opset {opset} < 13")
-    inits = {t.name: t for t in g.initializer}
-    for n in g.node:
-        if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
-            continue
-        if len(n.input) < 3 or n.input[2] not in inits:
-            problems.append(f"{n.name}: no explicit zero point")
-            continue
-        zp = inits[n.input[2]]
-        if zp.data_type not in (TensorProto.INT8, TensorProto.INT4):
-            problems.append(f"{n.name}: zero point type {TensorProto.DataType.Name(zp.data_type)}, not INT8/INT4")
-        elif numpy_helper.to_array(zp).astype(int).any():
-            problems.append(f"{n.name}: non-zero zero point")
-        weight = n.op_type == "DequantizeLinear" and n.input[0] in inits
-        scale = numpy_helper.to_array(inits[n.input[1]]) if n.input[1] in inits else None
-        if weight and scale is not None and scale.size > 1:
-            axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
-            if axis != 0 or scale.size != inits[n.input[0]].dims[0]:
-                problems.append(f"{n.name}: weight scales not per output channel (axis {axis})")
-    return problems
+    return [str(v) for v in check_onnx(path, version)]

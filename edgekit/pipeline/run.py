@@ -260,7 +260,7 @@ def _deploy(state: dict, rec: Recipe, prof, base_path: Path, final: Path, data, 
             rows = res.rows
         else:
             rows = export(path, out=out / name, data=data, backends=backends, precisions=prec, limit=limit,
-                          calibration_images=prof.calibration_images, seed=seed, progress=progress)
+                          calibration_images=prof.calibration_images, seed=seed, progress=progress, profile=prof)
         results[name] = [dict(r.to_dict(), details=r.details) for r in rows]
     base_top1 = state["baseline_model"]["top1"]
     for name, rows in results.items():

@@ -96,6 +96,9 @@ class Profile(_Strict):
     runtime_versions: dict[str, str] = Field(default_factory=dict)
     precisions: list[str] = Field(min_length=1)
     preferred_precision: str
+    #: the deployed engine takes one fixed input shape (a DLA has no dynamic dimensions):
+    #: exports then use batch 1 and the static checker rejects dynamic axes
+    static_shapes: bool = False
     quantization: Quantization
     #: pruning keeps channel counts at multiples of this (the kernels' vector/tile width)
     channel_multiple: int = Field(8, ge=1)
@@ -156,6 +159,10 @@ class Profile(_Strict):
         if missing:
             raise ValueError(f"precisions {missing} have no peak_gops on compute unit {unit.name!r}")
         return self
+
+    def has(self, kind: str) -> bool:
+        """Whether a compute unit of this kind ("dla", "gpu", ...) is on the device."""
+        return any(c.kind == kind for c in self.compute)
 
     def unit(self) -> ComputeUnit:
         """The compute unit the model runs on."""

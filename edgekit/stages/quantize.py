@@ -65,6 +65,7 @@ def quantize(model: str | Path, *, data: str | Path, out: str | Path, mode: str 
     model.pt (the quantized checkpoint, loadable by every edgekit command), the runtime
     artifacts with their cards, results.* (the benchmark table), quantize.json, report.md and,
     for QAT, train/ (the training run; `resume=True` continues it)."""
+    from ..backends import get_backend
     from ..benchmark import Prepared, _Entry, _plan, run_entries
     from ..inputs import parse_backends, parse_threads
     from ..models import save_model
@@ -140,6 +141,8 @@ def quantize(model: str | Path, *, data: str | Path, out: str | Path, mode: str 
     prep = Prepared(q, qcard, str(data), eval_split, calib_split)
     entries = _plan(backends, [label], label)
     trt = _Entry("onnxruntime", label, label="onnxruntime (tensorrt-rules file)")
+    if (why := get_backend("tensorrt").unsupported(label)):
+        trt.status, trt.reason = "unsupported", why
     res = run_entries(prep, entries, out, threads=threads, timing=timing, tolerance=tolerance, progress=progress,
                       title=f"edgekit quantize ({mode} {label})", seed=seed,
                       env_extra={"model": str(model), "data": str(data), "mode": mode, "precision": label},
