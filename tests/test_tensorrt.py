@@ -268,14 +268,14 @@ def test_check_tensorrt_command(tmp_path):
 
 
 def test_benchmark_prints_the_unavailable_row(tmp_path, resnet20_path, cifar_dir):
-    res = subprocess.run([sys.executable, "-m", "edgekit.cli", "benchmark", str(resnet20_path), "--arch", "cifar_resnet20",
-                          "--data", str(cifar_dir), "--out", str(tmp_path / "b"), "--backends", "tensorrt",
-                          "--precisions", "fp16", "--limit", "64"], capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
+    res = CliRunner().invoke(app, ["benchmark", str(resnet20_path), "--arch", "cifar_resnet20", "--data", str(cifar_dir),
+                                   "--out", str(tmp_path / "b"), "--backends", "torch,tensorrt", "--precisions", "fp16",
+                                   "--limit", "64", "--iters", "10"])
+    assert res.exit_code == 0, res.output
     if HAVE_TRT:
         pytest.skip("TensorRT is installed here: the row is measured, not unavailable")
-    assert "tensorrt" in res.stdout and "unavailable" in res.stdout and "TensorRT not installed" in res.stdout
-    row = json.loads((tmp_path / "b" / "results.json").read_text())[0]
+    assert "tensorrt" in res.output and "unavailable" in res.output and "TensorRT not installed" in res.output
+    row = next(r for r in json.loads((tmp_path / "b" / "results.json").read_text()) if r["backend"] == "tensorrt")
     assert row["status"] == "unavailable" and row["latency_ms_p50"] is None
     assert (tmp_path / "b" / "model_tensorrt_fp16" / "build_engine.sh").is_file()
 

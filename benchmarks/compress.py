@@ -1,0 +1,223 @@
+"""The shared ResNet-56 through `edgekit compress`, against the baselines a skeptical engineer
+tries first, on the same runtimes and threads.
+
+- x86 (the full recipe): the fine-tuned ResNet-56 (the teacher of benchmarks/distill.py) is pruned
+  to 2x fewer MACs (KD recovery), distilled into a small-input MobileNetV2, INT8 QAT (KD), benchmarked.
+- jetson, raspberry-pi-5: the model stages are the same and take hours on 2 cores, so these runs
+  start from the x86 run's distilled student and add the profile's own part: INT8 QAT, export
+  for its runtime (Jetson: TensorRT bundles, ONNX Runtime stand-in, predicted latency; Pi: ONNX
+  Runtime) and the report.
+- Baselines: the fine-tuned ResNet-56 at INT8 (QAT, its own best INT8 artifact), and ResNet-20 /
+  ResNet-32 from the shared weights fine-tuned for the teacher's epochs, then INT8 QAT.
+- Headline: every INT8 artifact scored on all 10,000 test images through its runtime and timed
+  in one interleaved run (ONNX Runtime and OpenVINO, 1 and 2 threads, batch 1).
+
+Targets: the compressed model >= 3x faster than ResNet-56's best INT8 artifact and within 1 point
+of the fine-tuned ResNet-56; at least as accurate and as fast as ResNet-20 and ResNet-32 at INT8.
+
+Resumable: every phase is a folder under benchmarks/work/compress/ (compress runs resume).
+Writes benchmarks/results/compress.{json,md} and compress_<profile>/{report.md,report.json,pareto.png}.
+
+    python benchmarks/compress.py [--distill-epochs 30] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from _common import CIFAR, RESULTS, WORK, require_shared, weights
+
+import edgekit
+from edgekit._io import atomic_write_json, atomic_write_text
+from edgekit.backends.onnxruntime import OrtRunner
+from edgekit.backends.openvino import OvRunner
+from edgekit.bench import TimingConfig, time_runners
+from edgekit.data import load_dataset
+from edgekit.env import environment
+from edgekit.models.stats import count_macs, count_params
+from edgekit.pipeline.recipe import Recipe
+from edgekit.stages import finetune, quantize
+from edgekit.train import TrainConfig
+from edgekit.verify import accuracy, predict
+
+WORKC = WORK / "compress"
+TEACHER = WORK / "distill" / "teacher"  # shared with benchmarks/distill.py and pruning.py
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+def teacher(args) -> Path:
+    res = finetune(weights(56), arch="cifar_resnet56", data=CIFAR, out=TEACHER, resume=True,
+                   config=TrainConfig(epochs=args.teacher_epochs, batch_size=128, lr=0.01, seed=0,
+                                      train_limit=args.train_limit))
+    return res.best_path
+
+
+def small_baseline(depth: int, args) -> Path:
+    """ResNet-20/32 fine-tuned for the teacher's budget: "just pick a smaller model"."""
+    res = finetune(weights(depth), arch=f"cifar_resnet{depth}", data=CIFAR, out=WORKC / f"resnet{depth}_ft",
+                   resume=True, config=TrainConfig(epochs=args.teacher_epochs, batch_size=128, lr=0.01, seed=0,
+                                                   train_limit=args.train_limit))
+    return res.best_path
+
+
+def int8_qat(model: Path, name: str, args) -> Path:
+    """INT8 QAT with KD from the float model: the same quantization path as the compress recipe."""
+    folder = WORKC / f"{name}_int8"
+    if not (folder / "quantize.json").exists():
+        quantize(model, data=CIFAR, out=folder, mode="qat", bits=8, kd=True, limit=1000, resume=True,
+                 config=TrainConfig(epochs=args.qat_epochs, batch_size=128, lr=0.001, seed=0,
+                                    train_limit=args.train_limit),
+                 backends=RUNTIMES, threads=(1,), timing=TimingConfig(warmup=2, iters=10, passes=1, throughput_iters=1))
+    return folder
+
+
+def recipe(args, full: bool) -> Recipe:
+    stages = [{"stage": "quantize", "mode": "qat", "bits": 8, "epochs": args.qat_epochs, "kd": True},
+              {"stage": "benchmark"}]
+    if full:
+        stages = [{"stage": "prune", "target_macs": 0.5, "recovery_epochs": args.recovery_epochs, "kd": True},
+                  {"stage": "distill", "student": f"cifar_mobilenet_v2:width={args.width}",
+                   "epochs": args.distill_epochs}] + stages
+    return Recipe.model_validate({"name": "benchmark: prune 2x + distill + INT8 QAT" if full else "INT8 QAT",
+                                  "train": {"batch_size": 128, "train_limit": args.train_limit}, "stages": stages})
+
+
+def run_profile(profile: str, model: Path, args, full: bool):
+    res = edgekit.compress(model, profile=profile, data=CIFAR, out=WORKC / f"run_{profile}", recipe=recipe(args, full),
+                           limit=args.limit or None, resume=True)
+    dest = RESULTS / f"compress_{profile}"
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in ("report.md", "report.json", "pareto.png"):
+        if (res.out / f).exists():
+            shutil.copyfile(res.out / f, dest / f)
+    return res
+
+
+def _stage_model(res, stage: str) -> Path | None:
+    rows = [s for s in res.report["stages"] if s["stage"] == stage and s["status"] == "ok"]
+    return Path(rows[-1]["model"]) if rows else None
+
+
+def headline(models: dict[str, tuple[Path, Path]], args) -> list[dict]:
+    """models: name -> (float checkpoint, folder with model_int8.onnx + model_int8_openvino.xml)."""
+    card = edgekit.load_model(next(iter(models.values()))[0]).card
+    test = load_dataset(CIFAR, input_size=card.input_size).evaluation(args.limit or None)
+    sample = next(test.batches(1, mean=card.mean, std=card.std))[0].numpy()
+    rows, runners = [], []
+    for name, (ckpt, folder) in models.items():
+        m = edgekit.load_model(ckpt)
+        info = {"model": name, "params": count_params(m.module), "macs": count_macs(m.module, m.card.input_size)}
+        for backend, f in (("onnxruntime", folder / "model_int8.onnx"), ("openvino", folder / "model_int8_openvino.xml")):
+            mk = OrtRunner if backend == "onnxruntime" else OvRunner
+            r = {t: mk(f, precision="int8", threads=t) for t in (1, 2)}
+            logits, labels = predict(r[1], test, m.card)
+            rows.append({**info, "backend": backend, "top1": round(accuracy(logits, labels)[0], 2),
+                         "size_mb": round(f.stat().st_size / 1e6 + (f.with_suffix(".bin").stat().st_size / 1e6
+                                                                     if f.suffix == ".xml" else 0), 3)})
+            runners.append(r)
+    timing = TimingConfig(warmup=20, iters=args.iters, passes=args.passes, throughput_iters=2)
+    for t in (1, 2):
+        for row, tm in zip(rows, time_runners([r[t] for r in runners], sample, timing)):
+            row[f"p50_ms_{t}t"], row[f"p90_ms_{t}t"] = round(tm.latency_ms_p50, 3), round(tm.latency_ms_p90, 3)
+    return rows
+
+
+def checks(rows: list[dict], teacher_top1: float) -> dict:
+    by = {(r["model"], r["backend"]): r for r in rows}
+    out = {}
+    for b in RUNTIMES:
+        c, r56 = by[("compressed (x86)", b)], by[("ResNet-56 INT8", b)]
+        out[b] = {"speedup_vs_resnet56_int8_1t": round(r56["p50_ms_1t"] / c["p50_ms_1t"], 2),
+                  "speedup_vs_resnet56_int8_2t": round(r56["p50_ms_2t"] / c["p50_ms_2t"], 2),
+                  "drop_vs_finetuned_resnet56": round(teacher_top1 - c["top1"], 2)}
+        out[b]["3x_faster_and_within_1pt"] = (out[b]["speedup_vs_resnet56_int8_1t"] >= 3
+                                              and out[b]["drop_vs_finetuned_resnet56"] <= 1)
+        for small in ("ResNet-20 INT8", "ResNet-32 INT8"):
+            s = by[(small, b)]
+            out[b][f"beats_{small.split()[0]}"] = c["top1"] >= s["top1"] and c["p50_ms_1t"] <= s["p50_ms_1t"]
+    return out
+
+
+def markdown(rows, chk, runs, teacher_top1, env, args) -> str:
+    md = ["# Compress benchmark: the shared ResNet-56, CIFAR-10 JPEG copy", "",
+          f"Fine-tuned ResNet-56 (float): {teacher_top1:.2f}% top-1 on {args.limit or 'all 10,000'} test images.", "",
+          "| model | runtime | top-1 % (through the runtime) | params | MACs | MB | p50/p90 ms 1 thr | p50/p90 ms 2 thr |",
+          "|---|---|---|---|---|---|---|---|"]
+    md += [f"| {r['model']} | {r['backend']} | {r['top1']:.2f} | {r['params']:,} | {r['macs'] / 1e6:.1f}M | {r['size_mb']:.2f} | "
+           f"{r['p50_ms_1t']:.3f} / {r['p90_ms_1t']:.3f} | {r['p50_ms_2t']:.3f} / {r['p90_ms_2t']:.3f} |" for r in rows]
+    md += ["", "| runtime | speed-up vs ResNet-56 INT8 (1 / 2 thr) | drop vs fine-tuned ResNet-56 | >= 3x and within 1 pt | "
+           "beats ResNet-20 INT8 | beats ResNet-32 INT8 |", "|---|---|---|---|---|---|"]
+    md += [f"| {b} | {c['speedup_vs_resnet56_int8_1t']:.2f}x / {c['speedup_vs_resnet56_int8_2t']:.2f}x | "
+           f"{c['drop_vs_finetuned_resnet56']:+.2f} | {c['3x_faster_and_within_1pt']} | {c['beats_ResNet-20']} | "
+           f"{c['beats_ResNet-32']} |" for b, c in chk.items()]
+    md += ["", "Compress runs (reports under benchmarks/results/compress_<profile>/):", ""]
+    for p, res in runs.items():
+        st = ", ".join(f"{s['stage']} {s['status']} ({s['top1']:.2f}%)" for s in res.report["stages"])
+        md.append(f"- {p}: {st}")
+    md += ["", f"Setup: teacher and small baselines fine-tuned {args.teacher_epochs} epochs (SGD lr 0.01 cosine); prune "
+           f"2x with {args.recovery_epochs} recovery epoch(s); distill {args.distill_epochs} epochs into "
+           f"cifar_mobilenet_v2:width={args.width}; INT8 QAT {args.qat_epochs} epoch(s) with KD for every INT8 model. "
+           f"Latency: batch 1, interleaved passes, {args.iters} calls per row per thread count"
+           + (f"; QUICK smoke run (train_limit {args.train_limit})" if args.train_limit else "") + ".",
+           f"CPU {env['cpu']['model']}; torch {env['versions']['torch']}, onnxruntime {env['versions']['onnxruntime']}, "
+           f"openvino {env['versions']['openvino']}; {env['date']}.", ""]
+    return "\n".join(md)
+
+
+def main() -> None:
+    global WORKC, TEACHER, RESULTS
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--teacher-epochs", type=int, default=3)
+    ap.add_argument("--recovery-epochs", type=int, default=2)
+    ap.add_argument("--distill-epochs", type=int, default=30)
+    ap.add_argument("--qat-epochs", type=int, default=1)
+    ap.add_argument("--width", type=float, default=0.5)
+    ap.add_argument("--profiles", default="x86,jetson,raspberry-pi-5")
+    ap.add_argument("--limit", type=int, default=0, help="test images (0 = all)")
+    ap.add_argument("--iters", type=int, default=300)
+    ap.add_argument("--passes", type=int, default=6)
+    ap.add_argument("--quick", action="store_true", help="smoke run: 2,000 training images, 1 epoch each, 500 "
+                    "test images, results under benchmarks/work/compress_quick/ (not committed)")
+    args = ap.parse_args()
+    args.train_limit = None
+    require_shared()
+    if args.quick:
+        args.train_limit, args.limit, args.iters, args.passes = 2000, 500, 20, 2
+        args.teacher_epochs = args.recovery_epochs = args.distill_epochs = args.qat_epochs = 1
+        WORKC = WORK / "compress_quick"
+        TEACHER = WORKC / "teacher"
+        RESULTS = WORKC / "results"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    t = teacher(args)
+    teacher_top1 = json.loads((t.parent / "summary.json").read_text()).get("best_top1") \
+        if (t.parent / "summary.json").exists() else None
+    profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
+    runs = {"x86": run_profile("x86", t, args, full=True)}
+    student = _stage_model(runs["x86"], "distill")
+    for p in profiles:
+        if p != "x86" and student is not None:
+            runs[p] = run_profile(p, student, args, full=False)
+    models = {"ResNet-56 INT8": (t, int8_qat(t, "resnet56", args))}
+    for d in (20, 32):
+        ft = small_baseline(d, args)
+        models[f"ResNet-{d} INT8"] = (ft, int8_qat(ft, f"resnet{d}", args))
+    final = Path(runs["x86"].report["final_model"])
+    models["compressed (x86)"] = (final, WORKC / "run_x86" / "deploy")
+    rows = headline(models, args)
+    if teacher_top1 is None:
+        teacher_top1 = runs["x86"].report["baseline_model"]["top1"]
+    chk = checks(rows, teacher_top1)
+    env = environment(args=vars(args))
+    atomic_write_json(RESULTS / "compress.json", {"rows": rows, "checks": chk, "teacher_top1": teacher_top1,
+                                                 "runs": {p: r.report["stages"] for p, r in runs.items()},
+                                                 "environment": env})
+    md = markdown(rows, chk, runs, teacher_top1, env, args)
+    atomic_write_text(RESULTS / "compress.md", md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
