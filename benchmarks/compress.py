@@ -4,7 +4,8 @@ tries first, on the same runtimes and threads.
 - x86 (the full recipe): the fine-tuned ResNet-56 (the teacher of benchmarks/distill.py) is pruned
   to 2x fewer MACs (KD recovery), distilled into a small-input MobileNetV2, INT8 QAT (KD), benchmarked.
 - jetson, raspberry-pi-5: the model stages are the same and take hours on 2 cores, so these runs
-  start from the x86 run's distilled student and add the profile's own part: INT8 QAT, export
+  start from the x86 run's last accepted float model (its student, or its pruned ResNet-56 if the
+  student was rolled back for missing the accuracy budget) and add the profile's own part: INT8 QAT, export
   for its runtime (Jetson: TensorRT bundles, ONNX Runtime stand-in, predicted latency; Pi: ONNX
   Runtime) and the report.
 - Baselines: the fine-tuned ResNet-56 at INT8 (QAT, its own best INT8 artifact), and ResNet-20 /
@@ -40,6 +41,7 @@ from edgekit.env import environment
 from edgekit.models.stats import count_macs, count_params
 from edgekit.pipeline.recipe import Recipe
 from edgekit.stages import finetune, quantize
+from edgekit.stages.quantize import QAT_GRAD_CLIP
 from edgekit.train import TrainConfig
 from edgekit.verify import accuracy, predict
 
@@ -68,8 +70,8 @@ def int8_qat(model: Path, name: str, args) -> Path:
     folder = WORKC / f"{name}_int8"
     if not (folder / "quantize.json").exists():
         quantize(model, data=CIFAR, out=folder, mode="qat", bits=8, kd=True, limit=1000, resume=True,
-                 config=TrainConfig(epochs=args.qat_epochs, batch_size=128, lr=0.001, seed=0,
-                                    train_limit=args.train_limit),
+                 config=TrainConfig(epochs=args.qat_epochs, batch_size=128, lr=0.001, weight_decay=0.0,
+                                    grad_clip=QAT_GRAD_CLIP, seed=0, train_limit=args.train_limit),
                  backends=RUNTIMES, threads=(1,), timing=TimingConfig(warmup=2, iters=10, passes=1, throughput_iters=1))
     return folder
 
@@ -96,9 +98,11 @@ def run_profile(profile: str, model: Path, args, full: bool):
     return res
 
 
-def _stage_model(res, stage: str) -> Path | None:
-    rows = [s for s in res.report["stages"] if s["stage"] == stage and s["status"] == "ok"]
-    return Path(rows[-1]["model"]) if rows else None
+def _float_model(res) -> Path:
+    """The x86 run's last accepted float model (the student, or the pruned model if the student
+    missed the accuracy budget and was rolled back): where the other profiles' runs start."""
+    rows = [s for s in res.report["stages"] if s["stage"] in ("prune", "distill") and s["status"] == "ok"]
+    return Path(rows[-1]["model"]) if rows else Path(res.report["baseline_model"]["model"])
 
 
 def headline(models: dict[str, tuple[Path, Path]], args) -> list[dict]:
@@ -196,10 +200,10 @@ def main() -> None:
         if (t.parent / "summary.json").exists() else None
     profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
     runs = {"x86": run_profile("x86", t, args, full=True)}
-    student = _stage_model(runs["x86"], "distill")
+    start = _float_model(runs["x86"])
     for p in profiles:
-        if p != "x86" and student is not None:
-            runs[p] = run_profile(p, student, args, full=False)
+        if p != "x86":
+            runs[p] = run_profile(p, start, args, full=False)
     models = {"ResNet-56 INT8": (t, int8_qat(t, "resnet56", args))}
     for d in (20, 32):
         ft = small_baseline(d, args)

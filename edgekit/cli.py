@@ -318,7 +318,9 @@ def quantize_cmd(model: str = MODEL, data: str = DATA,
                  optimizer: str = OPTIM,
                  lr: float = typer.Option(0.001, "--lr", help="Peak QAT learning rate (cosine schedule; BN is folded, keep it small)."),
                  weight_decay: float = typer.Option(0.0, "--weight-decay"), warmup_epochs: float = WARMUP,
-                 label_smoothing: float = SMOOTH, grad_clip: Optional[float] = CLIP,
+                 label_smoothing: float = SMOOTH,
+                 grad_clip: Optional[float] = typer.Option(1.0, "--grad-clip", help="Clip the gradient norm (BN-free "
+                                                           "QAT of deep nets diverges without it)."),
                  no_augment: bool = NOAUG, train_limit: int = TLIMIT, eval_limit: int = ELIMIT,
                  arch: Optional[str] = ARCH, num_classes: Optional[int] = NUM_CLASSES,
                  seed: int = SEED, resume: bool = RESUME, trust_pickle: bool = TRUST) -> None:

@@ -79,6 +79,7 @@ def _run_stage(spec, src: _Source, folder: Path, ctx: dict) -> Path:
     """One model stage into `folder`; returns the path of its output model."""
     from ..bench import TimingConfig
     from ..stages import distill, finetune, prune, quantize
+    from ..stages.quantize import QAT_GRAD_CLIP
 
     recipe, data, progress = ctx["recipe"], ctx["data"], ctx["progress"]
     light = TimingConfig(warmup=2, iters=10, passes=2, throughput_iters=1)
@@ -99,7 +100,8 @@ def _run_stage(spec, src: _Source, folder: Path, ctx: dict) -> Path:
                       resume=True, progress=progress)
         return res.last_path
     res = quantize(src.path, data=data, out=folder, mode=spec.mode, bits=spec.bits, arch=src.arch,
-                   trust_pickle=src.trust_pickle, config=_config(recipe, spec.epochs, spec.lr, weight_decay=0.0),
+                   trust_pickle=src.trust_pickle, config=_config(recipe, spec.epochs, spec.lr, weight_decay=0.0,
+                                                                       grad_clip=QAT_GRAD_CLIP),
                    kd=spec.kd, calibration_images=ctx["profile"].calibration_images, limit=ctx["limit"],
                    backends="torch", threads=1, timing=light, resume=True, progress=progress, seed=recipe.train.seed)
     return res.model_path
