@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 from .errors import ConfigError, InputError
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "check_out_dir", "staged_dir", "read_yaml_model"]
+__all__ = ["atomic_path", "remove_stale_temps", "atomic_write_text", "atomic_write_json", "check_out_dir", "staged_dir", "read_yaml_model"]
 
 
 @contextlib.contextmanager
@@ -29,6 +29,16 @@ def atomic_path(path: Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete what a killed writer left of `atomic_path` temporaries (.NAME.XXXX.tmp.EXT) in
+    `folder`: a SIGKILL lands between write and rename, and a resumed run must not keep it."""
+    stale = [p for p in Path(folder).glob(".*.tmp*") if p.is_file() and ".tmp" in p.name]
+    for p in stale:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    return stale
 
 
 def atomic_write_text(path: Path, text: str) -> None:

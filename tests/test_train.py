@@ -107,6 +107,8 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, resnet20_path, cifar_
     proc.wait()
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1, "the kill should land in epoch 2"
+    # a kill between a checkpoint's write and its rename leaves the temporary; resume removes it
+    (run / ".state.pt.k1ll3d.tmp.pt").write_bytes(b"half a checkpoint")
     res = subprocess.run(_cli(*_finetune_args(resnet20_path, cifar_dir, run), "--resume"),
                          capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -114,6 +116,7 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, resnet20_path, cifar_
     b = torch.load(run / "last.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+    assert not list(run.glob(".*.tmp*"))
     # a finished run is not silently overwritten
     again = subprocess.run(_cli(*_finetune_args(resnet20_path, cifar_dir, run)), capture_output=True,
                            text=True, env=env, timeout=600)

@@ -167,6 +167,9 @@ def train(objective: Objective, card: "ModelCard", train_split: "Split", eval_sp
     steps_per_epoch = math.ceil(len(sampler) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, steps_per_epoch))
     start_epoch, best, history, initial = 0, -1.0, [], None
+    if resume and info.rank == 0:
+        from .._io import remove_stale_temps
+        remove_stale_temps(run_dir)
     if resume and state_path.exists():
         st = torch.load(state_path, map_location=info.device, weights_only=True)
         if st["config"] != cfg.model_dump():
