@@ -107,6 +107,8 @@ def render_report(report: dict) -> str:
            "## How to run the artifacts", "",
            "- ONNX Runtime: `onnxruntime.InferenceSession(path).run(None, {'input': x})`",
            "- OpenVINO: `openvino.Core().compile_model(path, 'CPU')(x)`",
+           "- TensorRT: copy `deploy/model_tensorrt_<precision>/` to the device, run `./build_engine.sh`, then "
+           "`python3 run_engine.py --data DIR` (its README.md has the details).",
            "- Preprocessing: the model card beside each file (`<file>.card.json`): input size, mean, std, resize.",
            "- Check any artifact again: `edgekit eval ARTIFACT --data DIR`.", "",
            "## Recipe", "", "```json", json.dumps(report["recipe"], indent=1), "```", ""]
