@@ -34,7 +34,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
 def remove_stale_temps(folder: Path) -> list[Path]:
     """Delete what a killed writer left of `atomic_path` temporaries (.NAME.XXXX.tmp.EXT) in
     `folder`: a SIGKILL lands between write and rename, and a resumed run must not keep it."""
-    stale = [p for p in Path(folder).glob(".*.tmp*") if p.is_file() and ".tmp" in p.name]
+    stale = [p for p in Path(folder).glob(".*.tmp*") if p.is_file()]
     for p in stale:
         with contextlib.suppress(FileNotFoundError):
             p.unlink()

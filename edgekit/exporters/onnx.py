@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..models import ModelCard
 
-__all__ = ["export_onnx", "attach_card", "INPUT_NAME", "OUTPUT_NAME"]
+__all__ = ["export_onnx", "attach_card", "opset_of", "INPUT_NAME", "OUTPUT_NAME"]
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -41,7 +41,7 @@ def export_onnx(module: "torch.nn.Module", card: "ModelCard", path: Path, *,
         try:
             _export(module, x, path, opset=opset, dynamic_batch=dynamic_batch, dynamo=dynamo)
             onnx.checker.check_model(str(path), full_check=False)
-            written = _opset(path)
+            written = opset_of(path)
             if opset is not None and written != opset:
                 # dynamo writes opset 18 at least, whatever it is asked for; older targets
                 # (TensorRT 8.x) need the TorchScript exporter's real lower opsets
@@ -54,11 +54,13 @@ def export_onnx(module: "torch.nn.Module", card: "ModelCard", path: Path, *,
     raise ExportError("ONNX export failed (" + "; ".join(errors) + ")")
 
 
-def _opset(path: Path) -> int:
+def opset_of(model) -> int:
+    """The default-domain opset of an ONNX model (a path or a loaded ModelProto)."""
     import onnx
 
-    m = onnx.load(str(path), load_external_data=False)
-    return max((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if isinstance(model, (str, os.PathLike)):
+        model = onnx.load(str(model), load_external_data=False)
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
 
 
 def _export(module, x, path: Path, *, opset, dynamic_batch: bool, dynamo: bool) -> None:

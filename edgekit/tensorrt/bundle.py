@@ -7,7 +7,6 @@ here, before the folder is written.
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from .._io import atomic_write_json, atomic_write_text
 from ..errors import ExportError
+from ..verify import Tolerance
 from .rules import TrtRules, check_onnx, rules_for
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -25,8 +25,6 @@ __all__ = ["BundleTarget", "write_bundle", "build_script", "RUNNER_SOURCE", "BUN
 
 BUNDLE_FORMAT = "edgekit-tensorrt-bundle/1"
 RUNNER_SOURCE = Path(__file__).parent / "device" / "run_engine.py"
-#: Minimum top-1 agreement with the source model the device runner calls a pass (as edgekit verify).
-MIN_AGREEMENT = {"fp32": 0.999, "fp16": 0.99, "int8": 0.95}
 
 
 @dataclass(frozen=True)
@@ -59,8 +57,12 @@ def _onnx(ctx: "ExportContext", precision: str, target: BundleTarget, path: Path
     from ..exporters.qdq import export_qdq
 
     opset, dynamic = target.rules.export_opset, not target.static
-    if precision in ("fp32", "fp16"):
-        export_onnx(ctx.module, ctx.card, path, opset=opset, dynamic_batch=dynamic)
+    if precision in ("fp32", "fp16"):  # one graph for both: exported once per run
+        plain = ctx.work_path(f"trt_plain_opset{opset}_{'dynamic' if dynamic else 'static'}.onnx")
+        if not plain.exists():
+            export_onnx(ctx.module, ctx.card, plain, opset=opset, dynamic_batch=dynamic)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(plain, path)
         return
     qmodel = ctx.module if ctx.quant else _ptq_int8(ctx)
     export_qdq(qmodel, ctx.card, path, target="tensorrt", work=path.parent, opset=opset, dynamic_batch=dynamic)
@@ -106,7 +108,9 @@ def write_bundle(ctx: "ExportContext", precision: str, target: BundleTarget, fol
         "input_size": list(ctx.card.input_size), "resize": ctx.card.resize,
         "mean": list(ctx.card.mean), "std": list(ctx.card.std), "class_names": list(ctx.card.class_names or []),
         "batch": target.batch, "throughput_batch": target.batch["max"],
-        "min_agreement": MIN_AGREEMENT.get(precision, 0.95), "profile": target.profile or None,
+        # the device runner's pass mark: edgekit's own verification tolerance for this precision
+        "min_agreement": Tolerance().min_agreement.get("quantized" if ctx.quant else precision, 0.95),
+        "profile": target.profile or None,
         "tensorrt_version": target.rules.version, "reference": reference,
     }
     atomic_write_json(stage / "bundle.json", meta)
@@ -215,8 +219,3 @@ buffers and CUDA-event timing); `--backend onnxruntime` runs model.onnx on the C
 
 Per-layer times land in `layer_profile.json`, per-inference times in `times.json`, the build log in `build.log`.
 """
-
-
-def describe(folder: Path) -> dict:
-    """bundle.json of a written bundle."""
-    return json.loads((Path(folder) / "bundle.json").read_text())

@@ -110,12 +110,14 @@ def check_onnx(model: Any, version: str | None = None, *, static_shapes: bool = 
     operators, explicit-quantization Q/DQ rules and input shapes. Empty list = nothing found."""
     import onnx
 
+    from ..exporters.onnx import opset_of
+
     if isinstance(model, (str, Path)):
         model = onnx.load(str(model), load_external_data=False)
     rules = rules_for(version)
     g = model.graph
     out: list[Violation] = []
-    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    opset = opset_of(model)
     if not rules.min_opset <= opset <= rules.max_opset:
         out.append(Violation("<model>", "opset", f"opset {opset} is outside TensorRT {rules.version}'s "
                              f"{rules.min_opset}-{rules.max_opset}: re-export with opset {rules.export_opset}"))
