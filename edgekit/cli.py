@@ -444,7 +444,8 @@ def profiles_calibrate(out: Optional[Path] = typer.Option(None, "--out", help="C
                        runtimes: str = typer.Option("onnxruntime,openvino", "--runtimes"),
                        precisions: str = typer.Option("fp32,int8", "--precisions"),
                        threads: int = typer.Option(1, "--threads"),
-                       iters: int = typer.Option(40, "--iters", help="Timed calls per model and runtime.")) -> None:
+                       iters: int = typer.Option(40, "--iters", help="Timed calls per model and runtime."),
+                       rounds: int = typer.Option(2, "--rounds", min=1, help="Time everything this many times and keep each model's fastest round (a busy neighbour slows a round, never speeds it up).")) -> None:
     """Fit the `host` profile's efficiency factors from micro-benchmarks and reference models timed here."""
     from .inputs import parse_backends, parse_list
     from .latency.calibrate import calibrate
@@ -457,7 +458,7 @@ def profiles_calibrate(out: Optional[Path] = typer.Option(None, "--out", help="C
     if bad:
         from .errors import InputError
         raise InputError(f"calibrate measures fp32 and int8, not {', '.join(bad)}")
-    rec = calibrate(out, runtimes=rts, precisions=parse_list(precisions), threads=threads, iters=iters,
+    rec = calibrate(out, runtimes=rts, precisions=parse_list(precisions), threads=threads, iters=iters, rounds=rounds,
                     progress=lambda name: out_console.print(f"measuring {name}", highlight=False))
     errs = [abs(f["predicted_ms"] / f["measured_ms"] - 1) for f in rec["fit"]]
     out_console.print(f"fitted {len(rec['efficiency']) - 1} runtime/precision factor sets on {len(rec['models'])} "

@@ -47,6 +47,25 @@ def test_depthwise_is_its_own_kind(tmp_path):
     assert sum(1 for lw in layers if lw.kind == "depthwise") == 17
 
 
+
+def test_int8_activation_the_runtime_cannot_fuse_costs_float_passes(tmp_path):
+    """ONNX Runtime's integer conv applies ReLU itself but runs HardSwish in float between
+    DequantizeLinear and QuantizeLinear; OpenVINO fuses both. Same graph, same profile."""
+    def net(act):
+        return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), act, nn.Conv2d(32, 32, 3, padding=1), act).eval()
+
+    hs = graph_work(export_onnx(net(nn.Hardswish()), _card(3, 64, 64), tmp_path / "hs.onnx"))
+    relu = graph_work(export_onnx(net(nn.ReLU()), _card(3, 64, 64), tmp_path / "relu.onnx"))
+    prof = get_profile("x86-avx2")
+    ort_hs = predict(hs, prof, precision="int8", runtime="onnxruntime")
+    extra = [r for r in ort_hs.layers if r.op == "HardSwish"]
+    assert len(extra) == 2 and all(r.precision == "fp32" and r.ms > 0 for r in extra)
+    assert sum(r.ms for r in ort_hs.layers) == pytest.approx(ort_hs.latency_ms)
+    assert ort_hs.latency_ms > predict(relu, prof, precision="int8", runtime="onnxruntime").latency_ms
+    for p in (predict(hs, prof, precision="int8", runtime="openvino"),
+              predict(hs, prof, precision="fp32", runtime="onnxruntime")):
+        assert not any(r.op == "HardSwish" for r in p.layers)
+
 @pytest.mark.parametrize("name", list_profiles())
 def test_rows_add_up_and_scale(tmp_path_factory, name):
     folder = tmp_path_factory.mktemp("scale")
@@ -89,8 +108,9 @@ def test_calibration_fits_and_is_picked_up(tmp_path, monkeypatch):
 
     out = tmp_path / "host.yaml"
     rec = calibrate(out, runtimes=("onnxruntime",), precisions=("fp32",), references=(),
-                    micro=("conv3x3", "depthwise", "tiny_chain", "elementwise"), iters=8)
+                    micro=("conv3x3", "depthwise", "tiny_chain", "elementwise"), iters=8, rounds=2)
     assert out.exists() and set(rec["efficiency"]) == {"default", "onnxruntime/fp32"}
+    assert len(rec["fit"]) == 4  # two rounds, one row per model: its fastest round
     prof = host_profile(calibration=out)
     assert prof.efficiency_source.startswith("calibrated") and prof.memory.bandwidth_gbs == rec["bandwidth_gbs"]
     assert "onnxruntime/fp32" in prof.efficiency

@@ -154,6 +154,11 @@ class Backend(ABC):
     #: runtime is unavailable the artifact is still written, and checked on `standin()`.
     offline_export: ClassVar[bool] = False
 
+    #: for the latency model: the activations this runtime's integer kernels apply themselves;
+    #: any other (HardSwish, SiLU...) runs in float between a DequantizeLinear and a
+    #: QuantizeLinear. None: it fuses every pointwise activation (OpenVINO, TensorRT).
+    int8_fused_activations: ClassVar[frozenset[str] | None] = None
+
     def unavailable(self) -> str | None:
         """Why this runtime cannot run here (SDK missing, no GPU), or None."""
         return None

@@ -120,6 +120,9 @@ def _toposort(graph) -> None:
 @register_backend
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    # QLinearConv takes Relu/Clip into its output range; nothing else (ORT profile of
+    # MobileNetV3 INT8: each HardSwish became DequantizeLinear, HardSigmoid, QuantizeLinear, QLinearMul)
+    int8_fused_activations = frozenset({"Relu", "Clip", "BatchNormalization"})
     precisions = ("fp32", "fp16", "int8", "w4a8", "mixed")
     suffixes = (".onnx",)
     description = "ONNX Runtime, CPU execution provider"

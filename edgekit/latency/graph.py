@@ -35,11 +35,12 @@ class LayerWork:
     weight_elems: int         # read once per call, whatever the batch
     quantized: bool | None    # from Q/DQ in the graph; None: the graph does not say (float file)
     fused: tuple[str, ...] = ()
+    out_elems: int = 0        # what a fused activation reads and writes, per image
 
     def to_dict(self) -> dict:
         return {"name": self.name, "op": self.op, "kind": self.kind, "macs": self.macs,
                 "act_elems": self.act_elems, "weight_elems": self.weight_elems,
-                "quantized": self.quantized, "fused": list(self.fused)}
+                "quantized": self.quantized, "fused": list(self.fused), "out_elems": self.out_elems}
 
 
 def _numel(shape) -> int:
@@ -144,7 +145,8 @@ def graph_work(model) -> "GraphWork":
                 kdim = a[-1] if not (op == "Gemm" and any(x.name == "transA" and x.i for x in n.attribute)) else a[0]
                 macs = out_elems * kdim
                 kind = "gemm"
-        layer = LayerWork(name, op, kind, int(macs), int(in_elems + out_elems), int(weight), quant)
+        layer = LayerWork(name, op, kind, int(macs), int(in_elems + out_elems), int(weight), quant,
+                          out_elems=int(out_elems))
         layers.append(layer)
         if out:  # Add + Relu fuse too (elementwise chains run as one kernel)
             producer[out] = layer

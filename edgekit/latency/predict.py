@@ -1,7 +1,8 @@
 """A roofline latency model: per-layer work against a profile's peak throughput and bandwidth.
 
 For each layer: time = max(ops / (peak x efficiency[kind]), bytes / (bandwidth x efficiency
-[memory])) + a fixed per-layer overhead. The efficiency factors come from the profile
+[memory])) + a fixed per-layer overhead; in integer, an activation the runtime's integer kernels do
+not apply (backend.int8_fused_activations) adds float passes. The efficiency factors come from the profile
 (calibrated on the host, assumed elsewhere). Every number it returns is a prediction and is
 labelled so.
 """
@@ -85,9 +86,24 @@ def _layer_precision(layer: LayerWork, precision: str) -> str:
     return "fp32"
 
 
+#: passes over a layer's output for an activation its integer kernel does not apply:
+#: DequantizeLinear, the activation in float, QuantizeLinear
+_UNFUSED_PASSES = 3
+
+
+def _int8_fused(runtime: str | None) -> frozenset[str] | None:
+    from ..backends import get_backend
+
+    try:
+        return get_backend(runtime).int8_fused_activations if runtime else None
+    except InputError:  # a runtime edgekit has no backend for: assume it fuses like the others
+        return None
+
+
 def _price(layers: Sequence[LayerWork], profile, runtime: str | None, precision: str, threads: int,
            batch: int) -> list[LayerPrediction]:
     unit = profile.unit()
+    fuses = _int8_fused(runtime)
     share = min(threads, unit.units) / unit.units if unit.kind == "cpu" else 1.0
     bw = profile.memory.bandwidth_gbs * 1e9
     rows = []
@@ -111,6 +127,13 @@ def _price(layers: Sequence[LayerWork], profile, runtime: str | None, precision:
         bound = "overhead" if over > max(compute, memory) else ("compute" if compute >= memory else "memory")
         rows.append(LayerPrediction(lw.name, lw.op, lw.kind, prec, lw.macs * batch, nbytes, compute, memory,
                                     over, ms, bound))
+        if fuses is not None and prec in ("int8", "w4a8", "mixed") and lw.kind != "memory":
+            for act in (a for a in lw.fused if a not in fuses):
+                abytes = _UNFUSED_PASSES * 2 * 4 * lw.out_elems * batch
+                amem, aover = abytes / (bw * eff.memory) * 1e3, _UNFUSED_PASSES * over
+                rows.append(LayerPrediction(f"{lw.name} {act} (float, between DQ/Q)", act, "memory", "fp32", 0,
+                                            abytes, 0.0, amem, aover, amem + aover,
+                                            "overhead" if aover > amem else "memory"))
     return rows
 
 
