@@ -34,6 +34,7 @@ from edgekit.env import environment
 from edgekit.exporters.onnx import export_onnx
 from edgekit.exporters.qdq import check_tensorrt_rules
 from edgekit.stages import finetune, quantize
+from edgekit.stages.quantize import QAT_GRAD_CLIP
 from edgekit.train import TrainConfig
 from edgekit.verify import accuracy, predict
 
@@ -48,26 +49,39 @@ def float_model(name: str, epochs: int) -> Path:
         res = finetune(weights(20), arch="cifar_resnet20", data=CIFAR, out=WORKQ / "resnet20_fp32",
                        config=TrainConfig(epochs=epochs, lr=0.01, seed=0, train_limit=TRAIN_LIMIT), resume=True)
         return res.last_path
-    student = WORK / "distill" / "KD" / "last.pt"
-    if student.exists():  # one more float epoch: the compute-matched control for 1 QAT epoch
+    student = distilled_student()
+    if student:  # one more float epoch: the compute-matched control for 1 QAT epoch
         src, cfg = student, TrainConfig(epochs=1, lr=0.005, seed=0, train_limit=TRAIN_LIMIT)
     else:
         src, cfg = "cifar_mobilenet_v2:width=0.5", TrainConfig(epochs=max(epochs, 5), lr=0.05, warmup_epochs=1,
                                                                 seed=0, train_limit=TRAIN_LIMIT)
-    res = finetune(src, data=CIFAR, out=WORKQ / "mobilenet_v2_fp32", config=cfg, resume=True)
+    folder = WORKQ / ("mobilenet_v2_fp32" + (f"_from_{student.parent.name}" if student else ""))
+    res = finetune(src, data=CIFAR, out=folder, config=cfg, resume=True)
     return res.last_path
 
 
-def edgekit_runs(name: str, fp32: Path, qat_epochs: int, max_drop: float) -> dict[str, Path]:
-    """edgekit INT8 QAT, W4A8 QAT and mixed (W4/W8 under --max-drop) QAT: run folders."""
+def distilled_student() -> Path | None:
+    """The KD student of the longest finished benchmarks/distill.py run (summary.json marks a
+    finished run), or None."""
+    done = [p for p in (WORK / "distill").glob("KD*/summary.json")]
+    if not done:
+        return None
+    best = max(done, key=lambda p: json.loads(p.read_text()).get("epochs", 0))
+    return best.parent / "last.pt"
+
+
+def edgekit_runs(name: str, fp32: Path, qat_epochs: int, max_drop: float, kd: bool) -> dict[str, Path]:
+    """edgekit INT8 QAT, W4A8 QAT and mixed (W4/W8 under --max-drop) QAT: run folders. QAT uses the
+    product's defaults (gradient clipping 1.0) and, with `kd`, distils from the float model."""
     runs = {"edgekit int8 QAT": dict(bits=8), "edgekit W4A8 QAT": dict(bits=4),
             "edgekit mixed QAT": dict(bits=4, max_drop=max_drop)}
     out = {}
     for label, kw in runs.items():
-        folder = WORKQ / f"{name}_{label.split()[1].lower()}"
+        folder = WORKQ / f"{name}_{label.split()[1].lower()}{'_kd' if kd else ''}"
         if not (folder / "quantize.json").exists():
-            quantize(fp32, data=CIFAR, out=folder, mode="qat", config=TrainConfig(
-                epochs=qat_epochs, lr=0.001, weight_decay=0.0, seed=0, train_limit=TRAIN_LIMIT), calibration_images=CALIB, limit=1000,
+            quantize(fp32, data=CIFAR, out=folder, mode="qat", kd=kd, config=TrainConfig(
+                epochs=qat_epochs, lr=0.001, weight_decay=0.0, grad_clip=QAT_GRAD_CLIP, seed=0,
+                train_limit=TRAIN_LIMIT), calibration_images=CALIB, limit=1000,
                 backends=("torch", "onnxruntime", "openvino"), threads=(1,),
                 timing=TimingConfig(warmup=2, iters=10, passes=1, throughput_iters=2), resume=True, **kw)
         out[label] = folder
@@ -108,18 +122,25 @@ def bench_model(name: str, args) -> dict:
     ds = load_dataset(CIFAR, input_size=card.input_size)
     test = ds.evaluation(args.limit or None)
     calib = [x.numpy() for x, _ in ds.calibration(CALIB, seed=0).batches(1, mean=card.mean, std=card.std)]
-    runs = edgekit_runs(name, fp32, args.qat_epochs, args.max_drop)
+    runs = edgekit_runs(name, fp32, args.qat_epochs, args.max_drop, not args.no_kd)
     files = peers(fp32, WORKQ / f"{name}_peers", calib)
     # (row name, runtime, precision, artifact, fake-quant checkpoint or None)
     rows = [("FP32", "onnxruntime", "fp32", files["FP32"], None),
             ("ORT quantize_static (defaults)", "onnxruntime", "int8", files["ORT quantize_static (defaults)"], None),
             ("NNCF PTQ (defaults)", "openvino", "int8", files["NNCF PTQ (defaults)"], None)]
+    no_trt = {}  # method -> status of its TensorRT file where not ok (TensorRT has no INT4 convolutions)
     for label, folder in runs.items():
-        prec = json.loads((folder / "quantize.json").read_text())["precision"]
+        record = json.loads((folder / "quantize.json").read_text())
+        prec = record["precision"]
         rows.append((label, "onnxruntime", prec, folder / f"model_{prec}.onnx", folder / "model.pt"))
         rows.append((label, "openvino", prec, folder / f"model_{prec}_openvino.xml", folder / "model.pt"))
-        rows.append((label + " (TensorRT-rules file)", "onnxruntime", prec, folder / f"model_{prec}_tensorrt.onnx",
-                     folder / "model.pt"))
+        trt = next(r for r in record["rows"] if "tensorrt" in r["backend"])
+        if trt["status"] != "ok":
+            no_trt[label] = f"{trt['status']}: {trt['details']['reason'].split(';')[0]}"
+        if trt["status"] in ("ok", "verification failed"):  # written: measured here, its status shown
+            flag = "" if trt["status"] == "ok" else ", verification failed"
+            rows.append((label + f" (TensorRT-rules file{flag})", "onnxruntime", prec, folder / f"model_{prec}_tensorrt.onnx",
+                         folder / "model.pt"))
     ref_logits, labels = predict(OrtRunner(files["FP32"], precision="fp32", threads=2), test, card)
     fq_cache: dict[Path, np.ndarray] = {}
     out, runners = [], {}
@@ -149,7 +170,7 @@ def bench_model(name: str, args) -> dict:
         for i, tm in zip(idx, res):
             out[i][f"p50_ms_{t}t"] = round(tm.latency_ms_p50, 3)
             out[i][f"p90_ms_{t}t"] = round(tm.latency_ms_p90, 3)
-    return {"model": name, "fp32_checkpoint": str(fp32), "rows": out, "checks": checks(out)}
+    return {"model": name, "fp32_checkpoint": str(fp32), "rows": out, "checks": checks(out), "tensorrt_unsupported": no_trt}
 
 
 def checks(rows: list[dict]) -> dict:
@@ -189,10 +210,14 @@ def support_matrix(res: dict) -> list[str]:
             cells.append("-" if r is None else
                          f"runs: {r['executed']}; {r['size_mb']:.3f} MB; {r['p50_ms_1t']:.2f} ms")
         md.append(f"| {name} | " + " | ".join(cells) + " |")
-    rules = [next((r.get("tensorrt_rules", "-") for r in res["rows"]
-                   if r["method"].startswith(m) and "TensorRT" in r["method"]), "-") for m in methods.values()]
-    md.append("| TensorRT | " + " | ".join(
-        f"not installed here; the TensorRT-rules file passes the explicit-quantization check: {ok}" for ok in rules) + " |")
+    cells = []
+    for m in methods.values():
+        why = res.get("tensorrt_unsupported", {}).get(m)
+        ok = next((r.get("tensorrt_rules", "-") for r in res["rows"]
+                   if r["method"].startswith(m) and "TensorRT" in r["method"]), "-")
+        cells.append(why if why else
+                     f"not installed here; the TensorRT-rules file passes the explicit-quantization check: {ok}")
+    md.append("| TensorRT | " + " | ".join(cells) + " |")
     return md
 
 
@@ -212,8 +237,9 @@ def markdown(results: list[dict], env: dict, args) -> str:
                "optimized ONNX Runtime graph and OpenVINO's compiled runtime model):", ""]
         md += support_matrix(res) + [""]
     md += [f"Setup: {args.limit or 'all 10,000'} test images; {CALIB} calibration images (train split, seed 0) "
-           f"shared by every method; QAT {args.qat_epochs} epoch(s), SGD lr 0.001 cosine, batch 128, full train "
-           f"split; mixed = W4 with the most sensitive layers raised to W8 until the PTQ drop <= {args.max_drop} "
+           f"shared by every method; QAT {args.qat_epochs} epoch(s), SGD lr 0.001 cosine, batch 128, gradient "
+           f"norm clipped at {QAT_GRAD_CLIP}, {'labels only' if args.no_kd else 'KD from the float model (T 4, alpha 0.5)'}, "
+           f"full train split; mixed = W4 with the most sensitive layers raised to W8 until the PTQ drop <= {args.max_drop} "
            "points. Latency: batch 1, interleaved passes "
            f"({args.iters} calls per row per thread count). OpenVINO rows run with the CPU default "
            "(bf16 for float parts on this CPU; the executed column shows conv precisions).",
@@ -228,6 +254,7 @@ def main() -> None:
     ap.add_argument("--models", default="resnet20,mobilenet_v2")
     ap.add_argument("--fp32-epochs", type=int, default=2)
     ap.add_argument("--qat-epochs", type=int, default=1)
+    ap.add_argument("--no-kd", action="store_true", help="QAT on labels only (default: KD from the float model)")
     ap.add_argument("--max-drop", type=float, default=1.0)
     ap.add_argument("--limit", type=int, default=0, help="test images (0 = all)")
     ap.add_argument("--iters", type=int, default=300)

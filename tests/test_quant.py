@@ -195,6 +195,10 @@ def test_mixed_precision_within_budget(resnet20_path, cifar_dir, tmp_path):
     assert most in res.raised
     ort = next(r for r in res.rows if r.backend == "onnxruntime")
     assert ort.status == "ok" and ort.precision == "mixed"
+    # TensorRT has no 4-bit convolutions: refused up front, and no file left behind
+    trt = next(r for r in res.rows if "tensorrt" in r.backend)
+    assert trt.status == "unsupported" and "4-bit weights" in trt.details["reason"]
+    assert not list((tmp_path / "m").glob("*tensorrt*"))
 
 
 def test_unsupported_layer_is_named():

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from torch import nn
+
 from .._io import atomic_write_json, atomic_write_text, check_out_dir
 from ..errors import InputError
 from ..train import Supervised, TrainConfig, TrainResult, train
@@ -144,8 +146,13 @@ def quantize(model: str | Path, *, data: str | Path, out: str | Path, mode: str 
     prep = Prepared(q, qcard, str(data), eval_split, calib_split)
     entries = _plan(backends, [label], label)
     trt = _Entry("onnxruntime", label, label="onnxruntime (tensorrt-rules file)")
+    int4_convs = [n for n, b in weights.items() if b == 4 and isinstance(module.get_submodule(n), nn.Conv2d)]
     if (why := get_backend("tensorrt").unsupported(label)):
         trt.status, trt.reason = "unsupported", why
+    elif int4_convs:  # mixed: TensorRT would reject the 4-bit convolutions
+        trt.status, trt.reason = "unsupported", (
+            f"TensorRT runs INT4 only as weight-only MatMul/Gemm quantization; {len(int4_convs)} convolutions "
+            "here have 4-bit weights: quantize with --bits 8 for TensorRT")
     res = run_entries(prep, entries, out, threads=threads, timing=timing, tolerance=tolerance, progress=progress,
                       title=f"edgekit quantize ({mode} {label})", seed=seed,
                       env_extra={"model": str(model), "data": str(data), "mode": mode, "precision": label},
@@ -166,8 +173,9 @@ def _tensorrt_file(q, card, stage: Path, label: str):
 
     path = export_qdq(q, card, stage / f"model_{label}_tensorrt.onnx", target="tensorrt")
     problems = check_tensorrt_rules(path)
-    if problems:
+    if problems:  # nothing failed is left where a later step could pick it up as an artifact
         from ..errors import ExportError
+        path.unlink(missing_ok=True)
         raise ExportError("TensorRT rules not met: " + "; ".join(problems[:3]))
     card_path = ModelCard.sidecar_path(path)
     card.with_(notes={**card.notes, "backend": "tensorrt", "precision": label}).write(card_path)
