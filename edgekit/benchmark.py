@@ -85,11 +85,13 @@ class _Entry:
     standin: Verification | None = None
 
 
-def _plan(backends: Sequence[str], precisions: Sequence[str], quant_label: str | None = None,
-          profile=None) -> list[_Entry]:
-    """One entry per (backend, precision). A fake-quant model (`quant_label`, from edgekit
-    quantize) exports only at its own precision; w4a8/mixed exist only for such models. With a
-    `profile`, its own runtimes offer only the precisions the device runs (no INT8 on a Maxwell)."""
+def _plan(backends: Sequence[str], precisions: Sequence[str], module=None, profile=None) -> list[_Entry]:
+    """One entry per (backend, precision) for `module`. A fake-quant model (from edgekit quantize)
+    exports only at its own precision; w4a8/mixed exist only for such models. With a `profile`,
+    its own runtimes offer only the precisions the device runs (no INT8 on a Maxwell)."""
+    from .quant import spec_of
+    spec = spec_of(module) if module is not None else None
+    quant_label = spec.label if spec else None
     entries = []
     for b in backends:
         backend = get_backend(b)
@@ -105,7 +107,7 @@ def _plan(backends: Sequence[str], precisions: Sequence[str], quant_label: str |
                 e.status, e.reason = "unsupported", (f"{p} needs a quantization-aware checkpoint: run edgekit "
                                                      f"quantize{' --bits 4' if p == 'w4a8' else ' --max-drop X'} "
                                                      "and benchmark its model.pt")
-            elif (unsup := backend.unsupported(p, quantized=bool(quant_label))):
+            elif (unsup := backend.unsupported(p, module if quant_label else None)):
                 e.status, e.reason = "unsupported", unsup
             elif profile is not None and b in profile.runtimes and p not in profile.precisions:
                 e.status, e.reason = "unsupported", (f"{profile.name} runs {', '.join(profile.precisions)} "
@@ -278,7 +280,7 @@ def benchmark(model: str | Path, *, data: str | Path, out: str | Path, arch: str
                    limit=limit, calibration_images=calibration_images, seed=seed)
     label = _quant_label(prep)
     precisions = parse_precisions(precisions or ((label,) if label else DEFAULT_PRECISIONS))
-    entries = _plan(backends, precisions, label, profile)
+    entries = _plan(backends, precisions, prep.module, profile)
     return run_entries(prep, entries, out, threads=threads, timing=timing, tolerance=tolerance,
                        progress=progress, title=title, env_extra={"model": str(model), "data": str(data)},
                        seed=seed, profile=profile)
@@ -415,7 +417,7 @@ def export(model: str | Path, *, out: str | Path, data: str | Path | None = None
                    limit=limit, calibration_images=calibration_images, seed=seed)
     label = _quant_label(prep)
     precisions = parse_precisions(precisions or ((label,) if label else ("fp32",)))
-    entries = _plan(backends, precisions, label, prof)
+    entries = _plan(backends, precisions, prep.module, prof)
     live = [e for e in entries if e.status == "ok"]
     with staged_dir(out) as stage, progress_bar(2 * len(live) + 1, "export", enabled=progress) as adv:
         prep.reference()

@@ -199,6 +199,13 @@ def test_mixed_precision_within_budget(resnet20_path, cifar_dir, tmp_path):
     trt = next(r for r in res.rows if "tensorrt" in r.backend)
     assert trt.status == "unsupported" and "4-bit weights" in trt.details["reason"]
     assert not list((tmp_path / "m").glob("*tensorrt*"))
+    # the saved checkpoint gets the same answer from benchmark/export, before any export work
+    again = edgekit.benchmark(res.model_path, data=cifar_dir, out=tmp_path / "b", limit=20,
+                              backends="tensorrt,onnxruntime", progress=False,
+                              timing=TimingConfig(warmup=1, iters=2, passes=1, throughput_iters=1))
+    rows = {r.backend: r for r in again.rows}
+    assert rows["tensorrt"].status == "unsupported" and "4-bit weights" in rows["tensorrt"].details["reason"]
+    assert rows["onnxruntime"].status == "ok"
 
 
 def test_unsupported_layer_is_named():

@@ -168,9 +168,9 @@ class Backend(ABC):
         checks what was written, not the device's speed."""
         raise NotImplementedError(f"{self.name} has no stand-in runner")
 
-    def unsupported(self, precision: str, quantized: bool = False) -> str | None:
-        """Why this backend does not offer `precision` (for a fake-quant model if `quantized`),
-        or None."""
+    def unsupported(self, precision: str, quant_model: "torch.nn.Module | None" = None) -> str | None:
+        """Why this backend does not offer `precision` (for `quant_model`, when exporting a
+        fake-quant model from edgekit quantize), or None."""
         if precision not in self.precisions:
             return f"{self.name} has no {precision} path here (offers {', '.join(self.precisions)})"
         return None

@@ -37,11 +37,15 @@ class TensorRtBackend(Backend):
             return "unavailable: no CUDA GPU (PyTorch with CUDA is needed for buffers)"
         return None
 
-    def unsupported(self, precision: str, quantized: bool = False) -> str | None:
-        if precision == "w4a8":
-            return ("TensorRT runs INT4 only as weight-only MatMul/Gemm quantization, not in convolutions: "
-                    "quantize with --bits 8 for TensorRT")
-        return super().unsupported(precision, quantized)
+    def unsupported(self, precision: str, quant_model=None) -> str | None:
+        from ..quant import int4_convolutions
+
+        int4 = int4_convolutions(quant_model)
+        if precision == "w4a8" or int4:
+            here = f"; {len(int4)} convolutions here have 4-bit weights" if int4 else ""
+            return ("TensorRT runs INT4 only as weight-only MatMul/Gemm quantization, not in convolutions"
+                    f"{here}: quantize with --bits 8 for TensorRT")
+        return super().unsupported(precision, quant_model)
 
     def export(self, ctx: ExportContext, precision: str) -> Artifact:
         from ..tensorrt.bundle import BundleTarget, write_bundle

@@ -36,14 +36,14 @@ class TorchBackend(Backend):
     suffixes = (".pt2",)
     description = "PyTorch eager (CPU); artifact is a torch.export program (.pt2)"
 
-    def unsupported(self, precision: str, quantized: bool = False) -> str | None:
-        if quantized:  # the fake-quant model itself: the simulation every artifact is checked against
+    def unsupported(self, precision: str, quant_model=None) -> str | None:
+        if quant_model is not None:  # the fake-quant model itself: the simulation every artifact is checked against
             return None
         if precision == "fp16":
             return "torch eager has no fast FP16 path on CPUs; use openvino or onnxruntime"
         if precision == "int8":
             return "torch eager does not execute INT8 on CPUs; use openvino or onnxruntime"
-        return super().unsupported(precision, quantized)
+        return super().unsupported(precision, quant_model)
 
     def export(self, ctx: ExportContext, precision: str) -> Artifact:
         from ..errors import ExportError

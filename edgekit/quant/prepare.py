@@ -25,7 +25,7 @@ from ..errors import InputError
 from .fakequant import QUANT_LAYERS, ActQuant, QuantConv2d, QuantLinear
 
 __all__ = ["QuantSpec", "fold_batchnorm", "plan", "prepare", "calibrate", "is_quantized", "quant_layers",
-           "act_quants", "rebuild", "spec_of", "SPEC_ATTR"]
+           "act_quants", "int4_convolutions", "rebuild", "spec_of", "SPEC_ATTR"]
 
 SPEC_ATTR = "edgekit_quant"
 _UNSUPPORTED = (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -204,6 +204,14 @@ def is_quantized(model: nn.Module) -> bool:
 
 def quant_layers(model: nn.Module) -> dict[str, QuantConv2d | QuantLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, (QuantConv2d, QuantLinear))}
+
+
+def int4_convolutions(model: nn.Module | None) -> list[str]:
+    """The convolutions with 4-bit weights: no TensorRT runs them (its INT4 is weight-only
+    MatMul/Gemm), so every TensorRT path refuses such a model up front."""
+    if model is None:
+        return []
+    return [n for n, m in quant_layers(model).items() if isinstance(m, QuantConv2d) and m.w_bits == 4]
 
 
 def act_quants(model: nn.Module) -> dict[str, ActQuant]:

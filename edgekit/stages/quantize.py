@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from torch import nn
 
 from .._io import atomic_write_json, atomic_write_text, check_out_dir
 from ..errors import InputError
@@ -144,15 +143,10 @@ def quantize(model: str | Path, *, data: str | Path, out: str | Path, mode: str 
     model_path = save_model(q, qcard, out / "model.pt")
 
     prep = Prepared(q, qcard, str(data), eval_split, calib_split)
-    entries = _plan(backends, [label], label)
+    entries = _plan(backends, [label], q)
     trt = _Entry("onnxruntime", label, label="onnxruntime (tensorrt-rules file)")
-    int4_convs = [n for n, b in weights.items() if b == 4 and isinstance(module.get_submodule(n), nn.Conv2d)]
-    if (why := get_backend("tensorrt").unsupported(label)):
+    if (why := get_backend("tensorrt").unsupported(label, q)):
         trt.status, trt.reason = "unsupported", why
-    elif int4_convs:  # mixed: TensorRT would reject the 4-bit convolutions
-        trt.status, trt.reason = "unsupported", (
-            f"TensorRT runs INT4 only as weight-only MatMul/Gemm quantization; {len(int4_convs)} convolutions "
-            "here have 4-bit weights: quantize with --bits 8 for TensorRT")
     res = run_entries(prep, entries, out, threads=threads, timing=timing, tolerance=tolerance, progress=progress,
                       title=f"edgekit quantize ({mode} {label})", seed=seed,
                       env_extra={"model": str(model), "data": str(data), "mode": mode, "precision": label},
