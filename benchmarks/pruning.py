@@ -2,7 +2,8 @@
 
 ResNet-56 (shared weights fine-tuned on train/, the same teacher as benchmarks/distill.py) pruned
 to 2x and 3x fewer MACs with recovery training (KD from the unpruned model), the 2x prune again
-with unrounded channel counts (timing only), and the MobileNetV2 student (from the distillation
+with latency-aware widths (a per-layer table measured on ONNX Runtime, 1 thread) and with
+unrounded channel counts (timing only), and the MobileNetV2 student (from the distillation
 or quantization benchmark) at 1.5x. Every model is scored on all 10,000 test images; FP32 and
 INT8 (edgekit PTQ, the quantization path) latency on ONNX Runtime and OpenVINO at 1 and 2
 threads, batch 1, all variants of a model timed in one interleaved run.
@@ -123,7 +124,8 @@ def markdown(results: dict, env: dict, args) -> str:
         md.append("")
     md += [f"Setup: {args.limit or 'all 10,000'} test images; recovery {args.recovery_epochs} epoch(s) per prune, "
            "SGD lr 0.01 cosine, batch 128, KD from the unpruned model (T 4, alpha 0.9); L2 importance, global "
-           "ranking, channel multiple 8 unless stated; INT8 = edgekit PTQ (512 calibration images). Latency: "
+           "ranking (latency-aware: widths from lone-convolution latencies measured on ONNX Runtime, 1 thread), "
+           "channel multiple 8 unless stated; INT8 = edgekit PTQ (512 calibration images). Latency: "
            f"interleaved passes, {args.iters} calls per row per thread count.",
            f"CPU {env['cpu']['model']}; torch {env['versions']['torch']}, onnxruntime {env['versions']['onnxruntime']}, "
            f"openvino {env['versions']['openvino']}, torch-pruning {env['versions']['torch-pruning']}; {env['date']}.", ""]
@@ -149,6 +151,8 @@ def main() -> None:
     r56 = teacher(args.teacher_epochs)
     models = {"ResNet-56": {"unpruned (fine-tuned)": r56,
                             "2x fewer MACs + recovery": pruned(r56, "r56_2x", args, target_macs=0.5, kd=True),
+                            "2x fewer MACs, latency-aware widths + recovery": pruned(
+                                r56, "r56_2x_latency", args, target_macs=0.5, kd=True, latency_aware=True),
                             "3x fewer MACs + recovery": pruned(r56, "r56_3x", args, target_macs=1 / 3, kd=True),
                             "2x fewer MACs, widths not rounded (no recovery)": pruned(
                                 r56, "r56_2x_unrounded", args, target_macs=0.5, channel_multiple=1, recover=False)}}

@@ -146,3 +146,47 @@ def test_more_pruning_never_gives_a_bigger_model(resnet20_path):
     macs = [prune_channels(loaded.module, (3, 32, 32), r, channel_multiple=8).macs_after for r in (0.3, 0.6, 0.9)]
     assert macs[0] >= macs[1] >= macs[2], macs
     assert macs[2] < 0.35 * count_macs(loaded.module, (3, 32, 32))
+
+
+@pytest.mark.parametrize("arch", ["cifar_resnet20", "cifar_mobilenet_v2:width=0.5"])
+def test_latency_aware_allocation(arch, tmp_path):
+    """Widths from a lone-convolution latency table measured on ONNX Runtime: the greedy order
+    only takes steps to widths the table measured faster, larger ratios remove more, and the
+    pruned model stays consistent and exportable (depthwise groups included)."""
+    from edgekit.pruning.latency_aware import allocate
+    from edgekit.pruning.structured import criterion, ignored_layers, risky_layers
+
+    module, card = get_model(arch, num_classes=10)
+    size = tuple(card.input_size)
+    ignored = ignored_layers(module, (), risky_layers(module, size))
+    alloc = allocate(module, size, 8, importance=criterion("l2"), ignored=ignored)
+    assert alloc.steps and alloc.backend == "onnxruntime"
+    last = dict(alloc.widths)
+    for name, w in alloc.steps:  # every step narrows one group to a multiple of 8
+        assert w < last[name] and w % 8 == 0, (name, last[name], w)
+        last[name] = w
+    removed = [sum(alloc.widths.values()) - sum(alloc.widths_at(r).values()) for r in (0.1, 0.3, 0.5)]
+    assert 0 < removed[0] <= removed[1] <= removed[2], removed
+    res = prune_channels(module, size, 0.3, channel_multiple=8, allocation=alloc)
+    m = res.model.eval()
+    assert res.macs_after < res.macs_before
+    mods = dict(m.named_modules())
+    for name, w in alloc.widths_at(0.3).items():  # the model has exactly the allocated widths
+        assert mods[name].out_channels == w, (name, mods[name].out_channels, w)
+    x = torch.randn(2, *size)
+    with torch.no_grad():
+        ref = m(x).numpy()
+    out = OrtRunner(export_onnx(m, card, tmp_path / "p.onnx"), precision="fp32", threads=1)(x.numpy())
+    assert np.allclose(out, ref, atol=1e-4, rtol=1e-3)
+
+
+def test_latency_aware_prune_stage(resnet20_path, cifar_dir, tmp_path):
+    res = edgekit.prune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "p", target_macs=0.6,
+                        latency_aware=True, recover=False, limit=50, progress=False, timing=FAST)
+    assert res.summary["allocation"].startswith("latency-aware")
+    assert res.steps[0]["allocation"].startswith("latency-aware: lone-convolution table measured on onnxruntime")
+    assert res.summary["macs_after"] <= 0.62 * res.summary["macs_before"]
+    assert "latency-aware" in (tmp_path / "p" / "report.md").read_text()
+    with pytest.raises(InputError, match="--latency-aware allocates channel pruning"):
+        edgekit.prune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "s", sparsity=0.5,
+                      latency_aware=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -24,10 +24,14 @@ from torch import nn
 from ..errors import InputError
 from ..models.stats import count_macs, count_params
 
-__all__ = ["IMPORTANCES", "PruneOutcome", "prune_channels", "prune_to_macs", "risky_layers"]
+if TYPE_CHECKING:
+    from .latency_aware import LatencyAllocation
+
+__all__ = ["IMPORTANCES", "PruneOutcome", "criterion", "ignored_layers", "prune_channels", "prune_to_macs", "risky_layers"]
 
 
-def _importance(name: str):
+def criterion(name: str):
+    """The Torch-Pruning importance for one of IMPORTANCES."""
     import torch_pruning as tp
 
     return {"l1": lambda: tp.importance.MagnitudeImportance(p=1),
@@ -103,6 +107,15 @@ def _check(model: nn.Module, example: torch.Tensor, out_shape: torch.Size) -> st
     return ""
 
 
+def ignored_layers(model: nn.Module, keep: Iterable[str], risky: Iterable[str]) -> list[nn.Module]:
+    """Layers whose channels are never pruned: those named in `keep`, the `risky` ones and the classifier."""
+    mods = dict(model.named_modules())
+    unknown = [k for k in keep if k not in mods]
+    if unknown:
+        raise InputError(f"--keep names unknown layer(s) {', '.join(unknown[:3])} (see model.named_modules())")
+    return [mods[k] for k in [*keep, *risky]] + [c for c in [_classifier(model)] if c is not None]
+
+
 def _round_keeping_one(n_pruned: int, current: int, multiple: int) -> int:
     """Channels to prune so the kept count is a multiple, never below one multiple. (Torch-Pruning's
     own rounding sends a layer that rounds to 0 channels back to full width, so more pruning
@@ -113,14 +126,11 @@ def _round_keeping_one(n_pruned: int, current: int, multiple: int) -> int:
 
 
 def _prune_once(model: nn.Module, example: torch.Tensor, ratio: float, importance: str, global_pruning: bool,
-                channel_multiple: int, ignored: list[nn.Module], grad_batches: Callable | None) -> None:
+                channel_multiple: int, ignored: list[nn.Module], grad_batches: Callable | None,
+                widths: dict[str, int] | None = None) -> None:
     import torch_pruning as tp
 
-    pruner = tp.pruner.MetaPruner(model, example, importance=_importance(importance),
-                                  pruning_ratio=ratio, global_pruning=global_pruning, max_pruning_ratio=0.9,
-                                  ignored_layers=ignored, round_to=channel_multiple if channel_multiple > 1 else None)
-    if channel_multiple > 1:
-        pruner._round_to = _round_keeping_one
+    imp = criterion(importance)
     if importance == "taylor":
         if grad_batches is None:
             raise InputError("--importance taylor needs images (gradients of the loss): pass --data")
@@ -129,16 +139,27 @@ def _prune_once(model: nn.Module, example: torch.Tensor, ratio: float, importanc
         for x, y in grad_batches():
             nn.functional.cross_entropy(model(x), y).backward()
         model.eval()
-    pruner.step()
+    if widths is not None:  # a latency-aware allocation decided the widths
+        from .latency_aware import prune_to_widths
+        prune_to_widths(model, example, widths, imp)
+    else:
+        pruner = tp.pruner.MetaPruner(model, example, importance=imp, pruning_ratio=ratio,
+                                      global_pruning=global_pruning, max_pruning_ratio=0.9, ignored_layers=ignored,
+                                      round_to=channel_multiple if channel_multiple > 1 else None)
+        if channel_multiple > 1:
+            pruner._round_to = _round_keeping_one
+        pruner.step()
     model.zero_grad(set_to_none=True)
 
 
 def prune_channels(model: nn.Module, input_size: Sequence[int], ratio: float, *, importance: str = "l2",
                    global_pruning: bool = True, channel_multiple: int = 8, keep: Iterable[str] = (),
-                   grad_batches: Callable | None = None, risky: list[str] | None = None) -> PruneOutcome:
+                   grad_batches: Callable | None = None, risky: list[str] | None = None,
+                   allocation: "LatencyAllocation | None" = None) -> PruneOutcome:
     """Remove `ratio` of the prunable channels (a copy of `model`; the classifier's outputs and
     the layers named in `keep` are not pruned). `risky` passes `risky_layers(model)` when the
-    caller already has it."""
+    caller already has it. With an `allocation` (from `latency_aware.allocate` on this model),
+    the widths come from its measured greedy order instead of the global ranking."""
     if not 0.0 <= ratio < 1.0:
         raise InputError(f"--ratio must be in [0, 1) (the fraction of channels removed), got {ratio}")
     if importance not in IMPORTANCES:
@@ -146,16 +167,13 @@ def prune_channels(model: nn.Module, input_size: Sequence[int], ratio: float, *,
     example = torch.zeros(1, *input_size)
     m = copy.deepcopy(model).eval()
     mods = dict(m.named_modules())
-    unknown = [k for k in keep if k not in mods]
-    if unknown:
-        raise InputError(f"--keep names unknown layer(s) {', '.join(unknown[:3])} (see model.named_modules())")
     with torch.no_grad():
         out_shape = m(example).shape
     macs0, params0 = count_macs(m, input_size), count_params(m)
     if ratio == 0.0:
         return PruneOutcome(m, 0.0, macs0, macs0, params0, params0, "none", channel_multiple)
     risky = risky_layers(m, input_size) if risky is None else risky
-    ignored = [mods[k] for k in [*keep, *risky]] + [c for c in [_classifier(m)] if c is not None]
+    ignored = ignored_layers(m, keep, risky)
     prunable = [x for x in m.modules() if isinstance(x, (nn.Conv2d, nn.Linear)) and not any(x is i for i in ignored)]
     if not prunable:
         raise InputError("nothing in this architecture can be pruned safely: every layer's channels pass through "
@@ -163,7 +181,8 @@ def prune_channels(model: nn.Module, input_size: Sequence[int], ratio: float, *,
     notes = [f"{len(risky)} layer(s) left at full width: their channels pass through slicing/splitting ops "
              "the dependency graph can map wrongly (e.g. an option-A shortcut)"] if risky else []
     try:
-        _prune_once(m, example, ratio, importance, global_pruning, channel_multiple, ignored, grad_batches)
+        _prune_once(m, example, ratio, importance, global_pruning, channel_multiple, ignored, grad_batches,
+                    allocation.widths_at(ratio) if allocation is not None else None)
         err = _check(m, example, out_shape)
     except InputError:
         raise

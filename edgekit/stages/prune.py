@@ -57,6 +57,7 @@ class PruneResult:
 def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float | None = None,
           target_macs: float | None = None, target_latency_ms: float | None = None,
           sparsity: float | None = None, importance: str = "l2", global_pruning: bool = True,
+          latency_aware: bool = False,
           channel_multiple: int | None = None, keep: Sequence[str] = (), steps: int = 1,
           config: TrainConfig | None = None, recover: bool = True, kd: bool = False,
           temperature: float = 4.0, alpha: float = 0.9, profile: str | None = None,
@@ -65,7 +66,9 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
           num_classes: int | None = None, trust_pickle: bool = False, resume: bool = False,
           progress: bool = True, seed: int = 0, timing=None) -> PruneResult:
     """Prune `model` (see the module docstring); exactly one of ratio / target_macs /
-    target_latency_ms (channels) or sparsity (unstructured). Writes into `out`: model.pt,
+    target_latency_ms (channels) or sparsity (unstructured). `latency_aware` sets the widths
+    from per-layer latencies measured on the first backend (pruning.latency_aware) instead of
+    the magnitude ranking. Writes into `out`: model.pt,
     train_step<i>/ (recovery runs; `resume=True` continues them), prune.json, report.md."""
     from ..inputs import parse_backends, parse_threads
     from ..models import save_model
@@ -85,6 +88,8 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
     for name, v in (("ratio", ratio), ("target-macs", target_macs), ("sparsity", sparsity)):
         if v is not None and not 0.0 < v < 1.0:
             raise InputError(f"--{name} must be between 0 and 1 (exclusive), got {v}")
+    if latency_aware and sparsity is not None:
+        raise InputError("--latency-aware allocates channel pruning; unstructured --sparsity has no widths to allocate")
     if target_latency_ms is not None and target_latency_ms <= 0:
         raise InputError("--target-latency-ms must be > 0")
     prof = None
@@ -134,24 +139,33 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
             pruned_top1 = step_log[0]["top1_pruned"]
             continue
         frac = i / steps
+        alloc = {}
+        if latency_aware:  # widths change every step: measure the current model's layers again
+            alloc["allocation"] = _allocate(current, size, multiple, importance, keep, backends[0], threads[0],
+                                            grad_batches)
         if method == "sparsity":
             res_model, info = sparsify(current, sparsity * frac), {"sparsity": round(sparsity * frac, 4)}
         elif ratio is not None:
             per_step = 1 - (1 - ratio) ** (1 / steps)
             outcome = prune_channels(current, size, per_step, importance=importance, global_pruning=global_pruning,
-                                     channel_multiple=multiple, keep=keep, grad_batches=grad_batches)
+                                     channel_multiple=multiple, keep=keep, grad_batches=grad_batches, **alloc)
             res_model, info = outcome.model, outcome.to_dict()
         elif target_macs is not None:
             want = (1 - (1 - target_macs) * frac) * count_macs(original, size) / count_macs(current, size)
             outcome = prune_to_macs(current, size, min(want, 0.999), importance=importance,
                                     global_pruning=global_pruning, channel_multiple=multiple, keep=keep,
-                                    grad_batches=grad_batches)
+                                    grad_batches=grad_batches, **alloc)
             res_model, info = outcome.model, outcome.to_dict()
         else:
             res_model, info = _prune_to_latency(current, card, size, target_latency_ms, backends[0], threads[0],
                                                 profile=prof if prof is not None and prof.name != "host" else None,
                                                 importance=importance, global_pruning=global_pruning,
-                                                channel_multiple=multiple, keep=keep, grad_batches=grad_batches)
+                                                channel_multiple=multiple, keep=keep, grad_batches=grad_batches,
+                                                **alloc)
+        if latency_aware:
+            a = alloc["allocation"]
+            info["allocation"] = (f"latency-aware: lone-convolution table measured on {a.backend}, {a.threads} thread(s), "
+                                  f"on this machine; {len(a.steps)} greedy steps")
         top1 = evaluate_top1(res_model, eval_split, card)[0]
         pruned_top1 = top1 if pruned_top1 is None else pruned_top1
         rec = {"step": i, **info, "top1_pruned": top1}
@@ -172,6 +186,8 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
                        notes={**card.notes, "pruned": {k: v for k, v in goals.items()}})
     model_path = save_model(current, pcard, out / "model.pt")
     summary = {"goal": goals, "importance": importance, "global": global_pruning, "channel_multiple": multiple,
+               "allocation": "latency-aware (measured per-layer table)" if latency_aware
+               else ("global" if global_pruning else "per-layer") + " magnitude ranking",
                "macs_before": count_macs(original, size), "macs_after": count_macs(current, size),
                "params_before": count_params(original), "params_after": count_params(current)}
     if method == "sparsity":
@@ -191,6 +207,15 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
     atomic_write_text(out / "report.md", _report(result))
     shutil.rmtree(out / ".work", ignore_errors=True)
     return result
+
+
+def _allocate(model, size, multiple, importance, keep, backend, threads, grad_batches):
+    from ..pruning.latency_aware import allocate
+    from ..pruning.structured import criterion, ignored_layers, risky_layers
+
+    return allocate(model, size, multiple, importance=criterion(importance),
+                    ignored=ignored_layers(model, keep, risky_layers(model, size)), backend=backend, threads=threads,
+                    grad_batches=grad_batches if importance == "taylor" else None)
 
 
 def _distill(student, teacher, card, temperature, alpha):
@@ -305,7 +330,8 @@ def _report(r: PruneResult) -> str:
              f"| final | {r.top1_final:.2f} |", "",
              f"MACs {s['macs_before'] / 1e6:.2f}M -> {s['macs_after'] / 1e6:.2f}M "
              f"({s['macs_before'] / max(s['macs_after'], 1):.2f}x fewer); params {s['params_before']:,} -> "
-             f"{s['params_after']:,}; channel multiple {s['channel_multiple']}."]
+             f"{s['params_after']:,}; channel multiple {s['channel_multiple']}; widths: {s['allocation']}."]
+    lines += [f"Step {x['step']}: {x['allocation']}." for x in r.steps if x.get("allocation")]
     if r.method == "sparsity":
         lines += ["", f"Unstructured: {100 * s['sparsity']:.1f}% of conv/linear weights are zero. The parameter count "
                   "and MACs do not change, and ONNX Runtime / OpenVINO run dense kernels, so latency does not either "
