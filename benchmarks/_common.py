@@ -22,3 +22,15 @@ def require_shared() -> None:
 
 def weights(depth: int) -> Path:
     return next(WEIGHTS.glob(f"resnet{depth}-*.th"))
+
+
+def distilled_student() -> Path | None:
+    """The KD student of the longest finished benchmarks/distill.py run (summary.json marks a
+    finished run), or None."""
+    import json
+
+    done = list((WORK / "distill").glob("KD*/summary.json"))
+    if not done:
+        return None
+    best = max(done, key=lambda p: json.loads(p.read_text()).get("epochs", 0))
+    return best.parent / "last.pt"

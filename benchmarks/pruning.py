@@ -19,7 +19,7 @@ import argparse
 import json
 from pathlib import Path
 
-from _common import CIFAR, RESULTS, WORK, require_shared, weights
+from _common import CIFAR, RESULTS, WORK, distilled_student, require_shared, weights
 
 import edgekit
 from edgekit._io import atomic_write_json, atomic_write_text
@@ -46,10 +46,10 @@ def teacher(epochs: int) -> Path:
 
 
 def student() -> Path | None:
-    for p in (WORK / "distill" / "KD" / "best.pt", WORK / "quant" / "mobilenet_v2_fp32" / "last.pt"):
-        if p.exists():
-            return p
-    return None
+    """The distillation benchmark's longest finished KD student (else the quantization
+    benchmark's own float MobileNetV2)."""
+    p = distilled_student() or WORK / "quant" / "mobilenet_v2_fp32" / "last.pt"
+    return p if p.exists() else None
 
 
 def pruned(src: Path, name: str, args, **kw) -> Path:
@@ -159,8 +159,8 @@ def main() -> None:
     mbv2 = student()
     if mbv2 is not None:
         models["MobileNetV2 student"] = {"unpruned": mbv2,
-                                         "1.5x fewer MACs + recovery": pruned(mbv2, "mbv2_1.5x", args,
-                                                                              target_macs=2 / 3, kd=True)}
+                                         "1.5x fewer MACs + recovery": pruned(
+                                             mbv2, f"mbv2_1.5x_{mbv2.parent.name}", args, target_macs=2 / 3, kd=True)}
     results = {name: bench(ms, args) for name, ms in models.items()}
     env = environment(threads=[1, 2], recovery_epochs=args.recovery_epochs)
     atomic_write_json(results_dir / "pruning.json", {"results": results, "environment": env, "args": vars(args)})

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import CIFAR, RESULTS, WORK, require_shared, weights
+from _common import CIFAR, RESULTS, WORK, distilled_student, require_shared, weights
 
 import edgekit
 from edgekit._io import atomic_write_json, atomic_write_text
@@ -60,14 +60,11 @@ def float_model(name: str, epochs: int) -> Path:
     return res.last_path
 
 
-def distilled_student() -> Path | None:
-    """The KD student of the longest finished benchmarks/distill.py run (summary.json marks a
-    finished run), or None."""
-    done = [p for p in (WORK / "distill").glob("KD*/summary.json")]
-    if not done:
-        return None
-    best = max(done, key=lambda p: json.loads(p.read_text()).get("epochs", 0))
-    return best.parent / "last.pt"
+
+def _runs_key(fp32: Path) -> str:
+    """Run folders are named after the float model they start from, so a newer student (a longer
+    distillation run) gets new QAT runs and peer files instead of reusing stale ones."""
+    return fp32.parent.name.replace("_fp32", "")
 
 
 def edgekit_runs(name: str, fp32: Path, qat_epochs: int, max_drop: float, kd: bool) -> dict[str, Path]:
@@ -77,7 +74,7 @@ def edgekit_runs(name: str, fp32: Path, qat_epochs: int, max_drop: float, kd: bo
             "edgekit mixed QAT": dict(bits=4, max_drop=max_drop)}
     out = {}
     for label, kw in runs.items():
-        folder = WORKQ / f"{name}_{label.split()[1].lower()}{'_kd' if kd else ''}"
+        folder = WORKQ / f"{_runs_key(fp32)}_{label.split()[1].lower()}{'_kd' if kd else ''}"
         if not (folder / "quantize.json").exists():
             quantize(fp32, data=CIFAR, out=folder, mode="qat", kd=kd, config=TrainConfig(
                 epochs=qat_epochs, lr=0.001, weight_decay=0.0, grad_clip=QAT_GRAD_CLIP, seed=0,
@@ -123,7 +120,7 @@ def bench_model(name: str, args) -> dict:
     test = ds.evaluation(args.limit or None)
     calib = [x.numpy() for x, _ in ds.calibration(CALIB, seed=0).batches(1, mean=card.mean, std=card.std)]
     runs = edgekit_runs(name, fp32, args.qat_epochs, args.max_drop, not args.no_kd)
-    files = peers(fp32, WORKQ / f"{name}_peers", calib)
+    files = peers(fp32, WORKQ / f"{_runs_key(fp32)}_peers", calib)
     # (row name, runtime, precision, artifact, fake-quant checkpoint or None)
     rows = [("FP32", "onnxruntime", "fp32", files["FP32"], None),
             ("ORT quantize_static (defaults)", "onnxruntime", "int8", files["ORT quantize_static (defaults)"], None),

@@ -148,3 +148,24 @@ def test_bad_training_input(tmp_path, resnet20_path, cifar_dir):
         distill(resnet20_path, teacher_arch="cifar_resnet20", student="cifar_mobilenet_v3_small",
                 data=cifar_dir, out=tmp_path / "y", temperature=0, progress=False,
                 config=TrainConfig(epochs=1, train_limit=64, eval_limit=64))
+
+
+def test_fresh_weights_come_from_the_seed(cifar_dir):
+    """A student or a new head starts from the run's seed, whatever used torch's RNG before
+    (a weak 3-epoch student once crossed a verification threshold only inside the full suite)."""
+    from edgekit.stages._common import load_for_training
+
+    def weights(model, seed, **kw):
+        torch.rand(int(torch.randint(1, 1000, (1,)))) if seed else None  # disturb the global RNG
+        module = load_for_training(model, data=cifar_dir, trust_pickle=False, seed=seed, **kw)[0]
+        return {k: v.clone() for k, v in module.state_dict().items()}
+
+    a, b = weights("cifar_mobilenet_v2:width=0.5", 3, arch=None, num_classes=None), \
+        weights("cifar_mobilenet_v2:width=0.5", 3, arch=None, num_classes=None)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = weights("cifar_mobilenet_v2:width=0.5", 4, arch=None, num_classes=None)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    # a 100-class model on 10-class data: the new head is the same for the same seed
+    h1 = weights("cifar_resnet20", 5, arch=None, num_classes=100)
+    h2 = weights("cifar_resnet20", 5, arch=None, num_classes=100)
+    assert torch.equal(h1["linear.weight"], h2["linear.weight"]) and h1["linear.weight"].shape[0] == 10

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from ..errors import InputError
 from ..train import TrainConfig
 
-__all__ = ["load_for_training", "replace_head", "splits"]
+__all__ = ["load_for_training", "replace_head", "seeded", "splits"]
+
+
+@contextmanager
+def seeded(seed: int):
+    """Fresh weights (a student, a new head, an architecture without weights) from `seed`, not
+    from whatever used torch's global RNG before; the global state is restored after."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def replace_head(module: nn.Module, num_classes: int) -> str:
@@ -28,17 +39,20 @@ def replace_head(module: nn.Module, num_classes: int) -> str:
 
 
 def load_for_training(model: str | Path, *, data: str | Path, arch: str | None,
-                      num_classes: int | None, trust_pickle: bool):
-    """(module, card, dataset, note). A model with another class count gets a new head."""
+                      num_classes: int | None, trust_pickle: bool, seed: int = 0):
+    """(module, card, dataset, note). A model with another class count gets a new head. Any
+    freshly initialized weights come from `seed`."""
     from ..data import load_dataset
     from ..models import load_model
 
-    loaded = load_model(model, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle)
+    with seeded(seed):
+        loaded = load_model(model, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle)
     card = loaded.card
     ds = load_dataset(data, input_size=tuple(card.input_size), resize=card.resize)
     note = ""
     if card.num_classes != len(ds.classes):
-        head = replace_head(loaded.module, len(ds.classes))
+        with seeded(seed):
+            head = replace_head(loaded.module, len(ds.classes))
         note = f"classifier {head} replaced: {card.num_classes} -> {len(ds.classes)} classes"
         card = card.with_(num_classes=len(ds.classes), class_names=list(ds.classes))
     elif not card.class_names:

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..train import Objective, TrainConfig, TrainResult, train
-from ._common import load_for_training, splits
+from ._common import load_for_training, seeded, splits
 
 __all__ = ["DistillObjective", "distill", "pick_feature_pair"]
 
@@ -162,7 +162,8 @@ def distill(teacher: str | Path, *, student: str, data: str | Path, out: str | P
     if note:
         raise InputError("the teacher has a different number of "
                          f"outputs than {data} has classes ({len(ds.classes)}); fine-tune it first")
-    s_module, s_card = get_model(student, num_classes=t_card.num_classes)
+    with seeded(cfg.seed):  # the student's initial weights: same seed, same student, whatever ran before
+        s_module, s_card = get_model(student, num_classes=t_card.num_classes)
     s_card = s_card.with_(input_size=t_card.input_size, mean=t_card.mean, std=t_card.std,
                           resize=t_card.resize, class_names=t_card.class_names,
                           source=f"distilled from {teacher} on {ds.name}")

@@ -21,7 +21,7 @@ def finetune(model: str | Path, *, data: str | Path, out: str | Path, arch: str 
     """
     cfg = config or TrainConfig()
     module, card, ds, note = load_for_training(model, data=data, arch=arch, num_classes=num_classes,
-                                               trust_pickle=trust_pickle)
+                                               trust_pickle=trust_pickle, seed=cfg.seed)
     card = card.with_(source=f"{card.source}; fine-tuned on {ds.name}")
     train_split, eval_split = splits(ds, cfg)
     result = train(Supervised(module, cfg.label_smoothing), card, train_split, eval_split, cfg, out,

@@ -106,7 +106,7 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
     out = check_out_dir(Path(out))
 
     module, card, ds, note = load_for_training(model, data=data, arch=arch, num_classes=num_classes,
-                                               trust_pickle=trust_pickle)
+                                               trust_pickle=trust_pickle, seed=cfg.seed)
     if note and not recover:
         raise InputError(f"the model's classes do not match {data} ({note}); without recovery the new head "
                          "stays untrained: drop --no-recover or fine-tune first")

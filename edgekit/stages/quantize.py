@@ -95,7 +95,7 @@ def quantize(model: str | Path, *, data: str | Path, out: str | Path, mode: str 
     cfg = cfg.model_copy(update={"seed": seed}) if config is None else cfg
 
     module, card, ds, note = load_for_training(model, data=data, arch=arch, num_classes=num_classes,
-                                               trust_pickle=trust_pickle)
+                                               trust_pickle=trust_pickle, seed=cfg.seed)
     if note and mode == "ptq":
         raise InputError(f"the model's classes do not match {data} ({note}); PTQ cannot train a new "
                          "head: fine-tune first (edgekit finetune) or use --mode qat")
