@@ -124,13 +124,22 @@ def main() -> None:
            f"Training throughput, {tp['images']} images, batch {tp['batch']}, median of {tp['rounds']}: "
            f"engine {tp['engine_img_s']} img/s, bare loop {tp['bare_img_s']} img/s, overhead "
            f"{tp['overhead_pct']}% (target < 10%).", "",
-           f"Students: same init (seed 0), data order, augmentation (crop+flip), SGD lr {s_cfg.lr} cosine with "
+           f"Students: {_init_note(rows[1], rows[2])}, same data order, augmentation (crop+flip), SGD lr {s_cfg.lr} cosine with "
            f"{s_cfg.warmup_epochs} warm-up epoch; KD T={args.temperature}, alpha={args.alpha}. "
            f"Teacher: SGD lr {t_cfg.lr} cosine, {args.teacher_epochs} epochs.", "",
            f"CPU {env['cpu']['model']}, {env['threads']} torch threads, torch {env['versions']['torch']}, {env['date']}.", ""]
     atomic_write_text(RESULTS / "distill.md", "\n".join(md))
     print("\n".join(md))
     print(json.dumps(checks))
+
+
+def _init_note(labels_only: dict, kd: dict) -> str:
+    """Same initial weights show as the same accuracy before training; say so only if it holds."""
+    if labels_only["start_top1"] == kd["start_top1"]:
+        return "same initial weights (seed 0; equal top-1 before training)"
+    return (f"NOT the same initial weights (top-1 before training {labels_only['start_top1']:.2f} vs "
+            f"{kd['start_top1']:.2f}: the runs began in different processes, and before commit dfb819a a "
+            "student's init came from torch's global RNG state, not the seed)")
 
 
 if __name__ == "__main__":
