@@ -32,15 +32,18 @@ def demo(out: str | Path = "runs/demo", *, arch: str = "cifar_resnet20", epochs:
     from .models import get_model
     from .train import Supervised, TrainConfig, train
 
+    from .stages._common import seeded
+
     out = check_out_dir(Path(out))
-    module, card = get_model(arch, num_classes=10)
+    cfg = TrainConfig(epochs=epochs, batch_size=64, lr=0.05, hflip=False, warmup_epochs=0.5)
+    with seeded(cfg.seed):  # torch's own initial seed differs per process: the demo would too
+        module, card = get_model(arch, num_classes=10)
     stats = digits_stats(card.input_size)
     ds = load_dataset("digits", input_size=card.input_size)
     card = card.with_(mean=tuple(stats.mean), std=tuple(stats.std), class_names=list(ds.classes),
                       source=f"edgekit demo: {arch} trained {epochs} epochs on sklearn digits")
     # Digits are not mirror-symmetric: crop augmentation only. resume=True makes a re-run reuse
     # the trained teacher instead of refusing the existing run folder.
-    cfg = TrainConfig(epochs=epochs, batch_size=64, lr=0.05, hflip=False, warmup_epochs=0.5)
     result = train(Supervised(module), card, ds.train, ds.eval, cfg, out / "teacher",
                    resume=True, progress=progress)
     return compress(result.last_path, profile=profile, data="digits", out=out, limit=None,
