@@ -41,8 +41,6 @@ class LatencyAllocation:
 
     widths: dict[str, int]
     steps: list[tuple[str, int]]
-    #: measured ms of each group's convolutions at full width (for the record)
-    group_ms: dict[str, float]
     backend: str
     threads: int
 
@@ -199,19 +197,19 @@ def allocate(model: nn.Module, input_size: Sequence[int], channel_multiple: int,
         cur[name] = frontier[name][1]
         steps.append((name, cur[name]))
         frontier[name] = next_step(name, cur[name])
-    return LatencyAllocation(widths, steps, {n: round(lat(n, w), 4) for n, w in widths.items()}, backend, threads)
+    return LatencyAllocation(widths, steps, backend, threads)
 
 
 def prune_to_widths(model: nn.Module, example: torch.Tensor, widths: dict[str, int], importance) -> None:
     """Prune each group (by root layer name) to its width, removing its least important channels."""
     import torch_pruning as tp
 
-    mods = dict(model.named_modules())
+    names = {m: n for n, m in model.named_modules()}
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
     todo = []
     for group in dg.get_all_groups(root_module_types=[nn.Conv2d, nn.Linear]):
         root = group[0].dep.target.module
-        name = next((n for n, mod in mods.items() if mod is root), None)
+        name = names.get(root)
         if name not in widths:
             continue
         imp = importance(group)
