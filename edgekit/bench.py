@@ -21,7 +21,7 @@ class TimingConfig:
     iters: int = 100           # timed batch-1 calls per runner, split over passes
     passes: int = 5            # interleaved rounds
     throughput_batch: int = 32  # batch size for the throughput measurement
-    throughput_iters: int = 10  # timed calls at that batch size, split over passes
+    throughput_iters: int = 10  # timed calls at that batch size, split over passes (0: none)
 
 
 @dataclass
@@ -59,9 +59,10 @@ def time_runners(runners: Sequence[Callable[[np.ndarray], np.ndarray]], sample: 
     for r in runners:
         for _ in range(cfg.warmup):
             r(one)
-        r(big)
+        if cfg.throughput_iters:
+            r(big)
     per_pass = max(1, cfg.iters // cfg.passes)
-    per_pass_thr = max(1, cfg.throughput_iters // cfg.passes)
+    per_pass_thr = max(1, cfg.throughput_iters // cfg.passes) if cfg.throughput_iters else 0
     for _ in range(cfg.passes):
         for i, r in enumerate(runners):
             for _ in range(per_pass):
@@ -83,7 +84,7 @@ def time_runners(runners: Sequence[Callable[[np.ndarray], np.ndarray]], sample: 
             latency_ms_p50=float(np.percentile(ms, 50)),
             latency_ms_p90=float(np.percentile(ms, 90)),
             latency_ms_mean=float(ms.mean()),
-            throughput_ips=float(cfg.throughput_batch / np.median(big_times)),
+            throughput_ips=float(cfg.throughput_batch / np.median(big_times)) if big_times else float("nan"),
             iters=len(times), warmup=cfg.warmup, throughput_batch=cfg.throughput_batch,
             split_ms_p50={k: float(np.median([p[k] for p in parts])) for k in parts[0]} if parts else None,
         ))

@@ -180,13 +180,23 @@ def test_latency_aware_allocation(arch, tmp_path):
     assert np.allclose(out, ref, atol=1e-4, rtol=1e-3)
 
 
-def test_latency_aware_prune_stage(resnet20_path, cifar_dir, tmp_path):
+@pytest.mark.parametrize("backend,precision", [("onnxruntime", "int8"), ("openvino", "fp32")])
+def test_latency_aware_prune_stage(backend, precision, resnet20_path, cifar_dir, tmp_path):
+    """The table is measured on the runtime and in the precision the user deploys
+    (the first of --backends, --latency-precision)."""
     res = edgekit.prune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "p", target_macs=0.6,
-                        latency_aware=True, recover=False, limit=50, progress=False, timing=FAST)
+                        latency_aware=True, latency_precision=precision, recover=False, limit=50, progress=False,
+                        timing=FAST, backends=backend)
     assert res.summary["allocation"].startswith("latency-aware")
-    assert res.steps[0]["allocation"].startswith("latency-aware: lone-convolution table measured on onnxruntime")
+    assert res.steps[0]["allocation"].startswith(
+        f"latency-aware: lone-convolution table measured on {backend} {precision.upper()}")
+    assert {r["backend"] for r in res.latency} == {backend}
     assert res.summary["macs_after"] <= 0.62 * res.summary["macs_before"]
     assert "latency-aware" in (tmp_path / "p" / "report.md").read_text()
-    with pytest.raises(InputError, match="--latency-aware allocates channel pruning"):
-        edgekit.prune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "s", sparsity=0.5,
-                      latency_aware=True)
+    if backend == "onnxruntime":
+        with pytest.raises(InputError, match="--latency-aware allocates channel pruning"):
+            edgekit.prune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "s", sparsity=0.5,
+                          latency_aware=True)
+        with pytest.raises(InputError, match="--latency-precision must be fp32 or int8"):
+            edgekit.prune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "s", ratio=0.3,
+                          latency_aware=True, latency_precision="fp16")

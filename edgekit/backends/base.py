@@ -181,6 +181,13 @@ class Backend(ABC):
     @abstractmethod
     def load(self, artifact: Artifact, *, threads: int) -> Runner: ...
 
+    def onnx_runner(self, onnx: Path, *, threads: int, precision: str = "fp32",
+                    calibration: list[np.ndarray] | None = None) -> Runner:
+        """A runner of a plain FP32 ONNX file, converted beside it to this backend's format (INT8:
+        quantized the backend's default way on `calibration`), for timing candidates: pruning
+        variants, lone convolutions."""
+        raise NotImplementedError(f"{self.name} does not run plain ONNX files here")
+
     def artifact_from_path(self, path: Path, card: "ModelCard", precision: str) -> Artifact:
         """An existing file of this backend's format (for `edgekit eval model.onnx`)."""
         return Artifact(self.name, precision, Path(path), [Path(path)], card)

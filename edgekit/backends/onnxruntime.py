@@ -178,3 +178,13 @@ class OnnxRuntimeBackend(Backend):
 
     def load(self, artifact: Artifact, *, threads: int) -> OrtRunner:
         return OrtRunner(artifact.path, precision=artifact.precision, threads=threads)
+
+    def onnx_runner(self, onnx: Path, *, threads: int, precision: str = "fp32",
+                    calibration: list[np.ndarray] | None = None) -> OrtRunner:
+        onnx = Path(onnx)
+        if precision == "int8":
+            dst = onnx.with_name(onnx.stem + "_int8.onnx")
+            if not dst.exists():
+                quantize_ort_int8(onnx, dst, calibration, work=onnx.parent)
+            onnx = dst
+        return OrtRunner(onnx, precision=precision, threads=threads)

@@ -68,6 +68,17 @@ def default_inference_precision() -> str:
     return _type_name(_core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
 
 
+def nncf_int8(model, batches: list[np.ndarray]):
+    """NNCF post-training INT8 with its defaults (symmetric preset) on an OpenVINO model."""
+    import logging
+
+    import nncf
+
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    with quiet():
+        return nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches))
+
+
 @register_backend
 class OpenVinoBackend(Backend):
     name = "openvino"
@@ -96,7 +107,7 @@ class OpenVinoBackend(Backend):
             model = ov.convert_model(str(ctx.onnx_fp32()))
             notes = {}
             if precision == "int8":
-                model = self._nncf_int8(model, ctx)
+                model = nncf_int8(model, ctx.calibration_batches(1))
                 notes["quantization"] = "NNCF PTQ, default preset (symmetric), OpenVINO backend"
             ov.save_model(model, str(xml), compress_to_fp16=(precision == "fp16"))
         except EdgekitError:
@@ -105,19 +116,20 @@ class OpenVinoBackend(Backend):
             raise ExportError(f"openvino {precision}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
         return ctx.finish(xml, precision, self.name, extra_files=(xml.with_suffix(".bin"),), **notes)
 
-    @staticmethod
-    def _nncf_int8(model, ctx: ExportContext):
-        import logging
-
-        import nncf
-
-        batches = ctx.calibration_batches(1)
-        logging.getLogger("nncf").setLevel(logging.ERROR)
-        with quiet():
-            return nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches))
-
     def load(self, artifact: Artifact, *, threads: int) -> OvRunner:
         return OvRunner(artifact.path, precision=artifact.precision, threads=threads)
+
+    def onnx_runner(self, onnx: Path, *, threads: int, precision: str = "fp32",
+                    calibration: list[np.ndarray] | None = None) -> OvRunner:
+        import openvino as ov
+
+        xml = Path(onnx).with_name(f"{Path(onnx).stem}_{precision}.xml")
+        if not xml.exists():
+            model = ov.convert_model(str(onnx))
+            if precision == "int8":
+                model = nncf_int8(model, calibration)
+            ov.save_model(model, str(xml), compress_to_fp16=False)
+        return OvRunner(xml, precision=precision, threads=threads)
 
     def artifact_from_path(self, path: Path, card, precision: str) -> Artifact:
         path = Path(path)

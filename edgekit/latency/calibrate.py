@@ -83,8 +83,9 @@ def _card(shape):
     return ModelCard(num_classes=1, input_size=tuple(shape), mean=(0.0,) * shape[0], std=(1.0,) * shape[0])
 
 
-def _artifacts(name: str, module, shape, work: Path, runtimes, precisions) -> dict[tuple[str, str], Path]:
-    """Export `module` through the deployed paths: ONNX, ORT QDQ INT8, OpenVINO IR, NNCF INT8."""
+def _runners(name: str, module, shape, work: Path, keys, threads: int) -> list:
+    """`module` through the deployed paths (ONNX; ORT QDQ INT8; OpenVINO IR; NNCF INT8), as runners."""
+    from ..backends import get_backend
     from ..exporters.onnx import export_onnx
 
     folder = work / name
@@ -94,39 +95,7 @@ def _artifacts(name: str, module, shape, work: Path, runtimes, precisions) -> di
         export_onnx(module.eval(), _card(shape), fp32)
     rng = np.random.default_rng(0)
     batches = [rng.standard_normal((1, *shape)).astype(np.float32) for _ in range(4)]
-    files = {}
-    for rt in runtimes:
-        for prec in precisions:
-            if rt == "onnxruntime":
-                path = fp32 if prec == "fp32" else folder / "int8_ort.onnx"
-                if prec == "int8" and not path.exists():
-                    from ..backends.onnxruntime import quantize_ort_int8
-                    quantize_ort_int8(fp32, path, batches, work=folder)
-            else:
-                path = folder / f"{prec}_ov.xml"
-                if not path.exists():
-                    import logging
-
-                    import openvino as ov
-                    model = ov.convert_model(str(fp32))
-                    if prec == "int8":
-                        import nncf
-
-                        from ..backends.base import quiet
-                        logging.getLogger("nncf").setLevel(logging.ERROR)
-                        with quiet():
-                            model = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches))
-                    ov.save_model(model, str(path), compress_to_fp16=False)
-            files[(rt, prec)] = path
-    return files
-
-
-def _runner(rt: str, path: Path, prec: str, threads: int):
-    if rt == "onnxruntime":
-        from ..backends.onnxruntime import OrtRunner
-        return OrtRunner(path, precision=prec, threads=threads)
-    from ..backends.openvino import OvRunner
-    return OvRunner(path, precision=prec, threads=threads)
+    return [get_backend(rt).onnx_runner(fp32, threads=threads, precision=p, calibration=batches) for rt, p in keys]
 
 
 def measure(models, work: Path, *, runtimes=("onnxruntime", "openvino"), precisions=("fp32", "int8"),
@@ -146,10 +115,9 @@ def measure(models, work: Path, *, runtimes=("onnxruntime", "openvino"), precisi
         for name, module, shape in models:
             if progress:
                 progress(name if rounds == 1 else f"{name} (round {r + 1}/{rounds})")
-            files = _artifacts(name, module, shape, work, runtimes, precisions)
+            keys = [(rt, p) for rt in runtimes for p in precisions]
+            runners = _runners(name, module, shape, work, keys, threads)
             layers.setdefault(name, graph_work(work / name / "fp32.onnx"))
-            keys = list(files)
-            runners = [_runner(rt, files[(rt, p)], p, threads) for rt, p in keys]
             sample = np.random.default_rng(1).standard_normal((1, *shape)).astype(np.float32)
             cfg = TimingConfig(warmup=5, iters=iters, passes=4, throughput_batch=1, throughput_iters=1)
             for (rt, p), tm in zip(keys, time_runners(runners, sample, cfg)):

@@ -46,6 +46,9 @@ class PruneStage(_Strict):
     lr: float = Field(0.01, gt=0)
     kd: bool = True
     importance: Literal["l1", "l2", "taylor"] = "l2"
+    #: widths from per-layer latencies measured on the profile's first runtime, in its
+    #: preferred precision (`edgekit prune --latency-aware`), instead of the magnitude ranking
+    latency_aware: bool = False
 
 
 class DistillStage(_Strict):

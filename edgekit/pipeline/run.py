@@ -89,6 +89,7 @@ def _run_stage(spec, src: _Source, folder: Path, ctx: dict) -> Path:
         return res.last_path
     if spec.stage == "prune":
         prune(src.path, data=data, out=folder, target_macs=spec.target_macs, importance=spec.importance,
+              latency_aware=spec.latency_aware,
               config=_config(recipe, max(spec.recovery_epochs, 1), spec.lr), recover=spec.recovery_epochs > 0,
               kd=spec.kd, profile=ctx["profile"], limit=ctx["limit"], arch=src.arch, trust_pickle=src.trust_pickle,
               resume=True, progress=progress, seed=recipe.train.seed, timing=light)

@@ -16,7 +16,6 @@ The greedy order is computed once per model; a ratio picks how far along it to g
 from __future__ import annotations
 
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -43,6 +42,7 @@ class LatencyAllocation:
     steps: list[tuple[str, int]]
     backend: str
     threads: int
+    precision: str = "fp32"
 
     def widths_at(self, ratio: float) -> dict[str, int]:
         """Widths after the greedy steps that remove about `ratio` of the prunable channels."""
@@ -71,39 +71,27 @@ def _input_sizes(model: nn.Module, input_size: Sequence[int]) -> dict[nn.Module,
     return sizes
 
 
-def time_convs(specs: Sequence[_Spec], backend: str, threads: int, iters: int = 30, passes: int = 3) -> dict[_Spec, float]:
-    """Median batch-1 ms of each lone convolution on `backend`, timed in interleaved passes."""
-    from ..backends.onnxruntime import OrtRunner
+def time_convs(specs: Sequence[_Spec], backend: str, threads: int, precision: str = "fp32", iters: int = 90,
+               passes: int = 3) -> dict[_Spec, float]:
+    """Median batch-1 ms of each lone convolution on `backend`, timed in interleaved passes
+    (INT8: quantized the backend's default way, so the time includes quantizing its input)."""
+    from ..backends import get_backend
+    from ..bench import TimingConfig, time_runners
     from ..exporters.onnx import _export
 
-    runners = {}
+    runners = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, spec in enumerate(specs):
             cin, cout, k, s, p, d, g, h, w = spec
             path = Path(tmp) / f"c{i}.onnx"
             _export(nn.Conv2d(cin, cout, k, s, p, d, g), torch.zeros(1, cin, h, w), path, opset=None,
                     dynamic_batch=False, dynamo=False)
-            if backend == "openvino":
-                import openvino as ov
-
-                from ..backends.openvino import OvRunner
-                xml = path.with_suffix(".xml")
-                ov.save_model(ov.convert_model(str(path)), str(xml), compress_to_fp16=False)
-                run = OvRunner(xml, precision="fp32", threads=threads)
-            else:
-                run = OrtRunner(path, precision="fp32", threads=threads)
             x = np.random.default_rng(i).standard_normal((1, cin, h, w)).astype(np.float32)
-            for _ in range(3):
-                run(x)
-            runners[spec] = (run, x)
-    times: dict[_Spec, list[float]] = {s: [] for s in specs}
-    for _ in range(passes):
-        for spec, (run, x) in runners.items():
-            for _ in range(iters):
-                t0 = time.perf_counter()
-                run(x)
-                times[spec].append((time.perf_counter() - t0) * 1e3)
-    return {s: float(np.median(v)) for s, v in times.items()}
+            run = get_backend(backend).onnx_runner(path, threads=threads, precision=precision, calibration=[x])
+            runners.append(lambda _, run=run, x=x: run(x))  # each convolution takes its own input shape
+        cfg = TimingConfig(warmup=3, iters=iters, passes=passes, throughput_iters=0)
+        times = time_runners(runners, np.zeros((1, 1), np.float32), cfg)
+    return {s: t.latency_ms_p50 for s, t in zip(specs, times)}
 
 
 def _candidate_widths(width: int, multiple: int) -> list[int]:
@@ -144,9 +132,12 @@ def _spec_at(conv: nn.Conv2d, side: str, width: int, hw) -> _Spec:
 
 def allocate(model: nn.Module, input_size: Sequence[int], channel_multiple: int, *, importance,
              ignored: Sequence[nn.Module] = (), backend: str = "onnxruntime", threads: int = 1,
-             grad_batches: Callable | None = None) -> LatencyAllocation:
+             precision: str = "fp32", grad_batches: Callable | None = None) -> LatencyAllocation:
     """Measure every prunable group's convolutions at its candidate widths and order the pruning
-    steps by importance lost per millisecond saved (`importance`: a Torch-Pruning criterion)."""
+    steps by importance lost per millisecond saved (`importance`: a Torch-Pruning criterion).
+    `precision` is the one the model will be deployed in: INT8 kernels block channels
+    differently (benchmarks/results/conv_widths.md: ONNX Runtime INT8 runs 8 channels slower
+    than 16), so an FP32 table misleads an INT8 deployment."""
     import torch_pruning as tp
 
     model = model.eval()
@@ -173,7 +164,7 @@ def allocate(model: nn.Module, input_size: Sequence[int], channel_multiple: int,
     model.zero_grad(set_to_none=True)
     specs = sorted({_spec_at(c, side, w, hw) for members, _, widths in plans.values()
                     for c, side in members for w in widths})
-    ms = time_convs(specs, backend, threads)
+    ms = time_convs(specs, backend, threads, precision)
 
     def lat(name: str, w: int) -> float:
         return sum(ms[_spec_at(c, side, w, hw)] for c, side in plans[name][0])
@@ -197,7 +188,7 @@ def allocate(model: nn.Module, input_size: Sequence[int], channel_multiple: int,
         cur[name] = frontier[name][1]
         steps.append((name, cur[name]))
         frontier[name] = next_step(name, cur[name])
-    return LatencyAllocation(widths, steps, backend, threads)
+    return LatencyAllocation(widths, steps, backend, threads, precision)
 
 
 def prune_to_widths(model: nn.Module, example: torch.Tensor, widths: dict[str, int], importance) -> None:

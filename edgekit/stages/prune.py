@@ -57,7 +57,7 @@ class PruneResult:
 def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float | None = None,
           target_macs: float | None = None, target_latency_ms: float | None = None,
           sparsity: float | None = None, importance: str = "l2", global_pruning: bool = True,
-          latency_aware: bool = False,
+          latency_aware: bool = False, latency_precision: str | None = None,
           channel_multiple: int | None = None, keep: Sequence[str] = (), steps: int = 1,
           config: TrainConfig | None = None, recover: bool = True, kd: bool = False,
           temperature: float = 4.0, alpha: float = 0.9, profile: str | None = None,
@@ -68,7 +68,8 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
     """Prune `model` (see the module docstring); exactly one of ratio / target_macs /
     target_latency_ms (channels) or sparsity (unstructured). `latency_aware` sets the widths
     from per-layer latencies measured on the first backend (pruning.latency_aware) instead of
-    the magnitude ranking. Writes into `out`: model.pt,
+    the magnitude ranking, in `latency_precision` (default: the profile's preferred precision,
+    else fp32). Writes into `out`: model.pt,
     train_step<i>/ (recovery runs; `resume=True` continues them), prune.json, report.md."""
     from ..inputs import parse_backends, parse_threads
     from ..models import save_model
@@ -90,12 +91,16 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
             raise InputError(f"--{name} must be between 0 and 1 (exclusive), got {v}")
     if latency_aware and sparsity is not None:
         raise InputError("--latency-aware allocates channel pruning; unstructured --sparsity has no widths to allocate")
+    if latency_precision not in (None, "fp32", "int8"):
+        raise InputError(f"--latency-precision must be fp32 or int8, got {latency_precision!r}")
     if target_latency_ms is not None and target_latency_ms <= 0:
         raise InputError("--target-latency-ms must be > 0")
     prof = None
     if profile:
         from ..profiles import get_profile
         prof = get_profile(profile)
+    table_precision = latency_precision or (prof.preferred_precision if prof and prof.preferred_precision == "int8"
+                                            else "fp32")
     multiple = channel_multiple if channel_multiple is not None else (prof.channel_multiple if prof else 8)
     if multiple < 1:
         raise InputError("--channel-multiple must be >= 1")
@@ -142,7 +147,7 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
         alloc = {}
         if latency_aware:  # widths change every step: measure the current model's layers again
             alloc["allocation"] = _allocate(current, size, multiple, importance, keep, backends[0], threads[0],
-                                            grad_batches)
+                                            table_precision, grad_batches)
         if method == "sparsity":
             res_model, info = sparsify(current, sparsity * frac), {"sparsity": round(sparsity * frac, 4)}
         elif ratio is not None:
@@ -164,7 +169,8 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
                                                 **alloc)
         if latency_aware:
             a = alloc["allocation"]
-            info["allocation"] = (f"latency-aware: lone-convolution table measured on {a.backend}, {a.threads} thread(s), "
+            info["allocation"] = (f"latency-aware: lone-convolution table measured on {a.backend} {a.precision.upper()}, "
+                                  f"{a.threads} thread(s), "
                                   f"on this machine; {len(a.steps)} greedy steps")
         top1 = evaluate_top1(res_model, eval_split, card)[0]
         pruned_top1 = top1 if pruned_top1 is None else pruned_top1
@@ -209,13 +215,13 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
     return result
 
 
-def _allocate(model, size, multiple, importance, keep, backend, threads, grad_batches):
+def _allocate(model, size, multiple, importance, keep, backend, threads, precision, grad_batches):
     from ..pruning.latency_aware import allocate
     from ..pruning.structured import criterion, ignored_layers, risky_layers
 
     return allocate(model, size, multiple, importance=criterion(importance),
                     ignored=ignored_layers(model, keep, risky_layers(model, size)), backend=backend, threads=threads,
-                    grad_batches=grad_batches if importance == "taylor" else None)
+                    precision=precision, grad_batches=grad_batches if importance == "taylor" else None)
 
 
 def _distill(student, teacher, card, temperature, alpha):
@@ -230,23 +236,15 @@ def _unrounded(original, size, mac_fraction, importance, global_pruning, keep, g
 
 
 def _runner(module: nn.Module, card, work: Path, name: str, backend: str, threads: int):
-    """An FP32 runner of `module` on `backend` (ONNX export; OpenVINO IR converted from it)."""
-    from ..backends.onnxruntime import OrtRunner
+    """An FP32 runner of `module` on `backend` (from its ONNX export)."""
+    from ..backends import get_backend
     from ..exporters.onnx import export_onnx
 
     work.mkdir(parents=True, exist_ok=True)
     onnx_path = work / f"{name}.onnx"
     if not onnx_path.exists():
         export_onnx(module.eval(), card, onnx_path)
-    if backend == "onnxruntime":
-        return OrtRunner(onnx_path, precision="fp32", threads=threads)
-    import openvino as ov
-
-    from ..backends.openvino import OvRunner
-    xml = work / f"{name}.xml"
-    if not xml.exists():
-        ov.save_model(ov.convert_model(str(onnx_path)), str(xml), compress_to_fp16=False)
-    return OvRunner(xml, precision="fp32", threads=threads)
+    return get_backend(backend).onnx_runner(onnx_path, threads=threads)
 
 
 def measure_latency(variants: dict[str, nn.Module], card, work: Path, backends: Sequence[str],
