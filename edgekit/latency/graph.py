@@ -36,11 +36,14 @@ class LayerWork:
     quantized: bool | None    # from Q/DQ in the graph; None: the graph does not say (float file)
     fused: tuple[str, ...] = ()
     out_elems: int = 0        # what a fused activation reads and writes, per image
+    cout: int = 0             # output channels (conv/gemm), what vector kernels block
+    cin: int = 0              # input channels per group (1 for depthwise)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "op": self.op, "kind": self.kind, "macs": self.macs,
                 "act_elems": self.act_elems, "weight_elems": self.weight_elems,
-                "quantized": self.quantized, "fused": list(self.fused), "out_elems": self.out_elems}
+                "quantized": self.quantized, "fused": list(self.fused), "out_elems": self.out_elems,
+                "cout": self.cout, "cin": self.cin}
 
 
 def _numel(shape) -> int:
@@ -129,7 +132,7 @@ def graph_work(model) -> "GraphWork":
         in_elems = sum(_numel(shapes.get(i, shapes.get(root(i), []))) for i in data_in)
         weight = sum(_numel(shapes.get(root(i), [])) for i in n.input if i and is_const(i))
         quant = (any(i in integer for i in n.input if i) if has_qdq else None)
-        kind, macs = "memory", 0
+        kind, macs, cout, cin = "memory", 0, 0, 0
         if op in _CONV:
             w = shapes.get(root(n.input[1]), [])
             group = next((a.i for a in n.attribute if a.name == "group"), 1)
@@ -138,6 +141,7 @@ def graph_work(model) -> "GraphWork":
                 cin_per_group = w[1]
                 macs = out_elems * cin_per_group * k if op != "ConvTranspose" else in_elems * w[1] * k
                 kind = "conv" if group == 1 else ("depthwise" if cin_per_group == 1 else "grouped")
+                cout, cin = (w[0], cin_per_group) if op != "ConvTranspose" else (w[1] * group, w[0] // group)
         elif op in _GEMM:
             a = shapes.get(root(n.input[0]), [])
             b = shapes.get(root(n.input[1]), [])
@@ -146,7 +150,7 @@ def graph_work(model) -> "GraphWork":
                 macs = out_elems * kdim
                 kind = "gemm"
         layer = LayerWork(name, op, kind, int(macs), int(in_elems + out_elems), int(weight), quant,
-                          out_elems=int(out_elems))
+                          out_elems=int(out_elems), cout=int(cout), cin=int(cin))
         layers.append(layer)
         if out:  # Add + Relu fuse too (elementwise chains run as one kernel)
             producer[out] = layer

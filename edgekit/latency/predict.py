@@ -100,6 +100,22 @@ def _int8_fused(runtime: str | None) -> frozenset[str] | None:
         return None
 
 
+def _blocked(macs: int, lw: LayerWork, multiple: int) -> float:
+    """MACs a vector kernel really computes: channels run in blocks of the profile's
+    `channel_multiple` (16 FP32 lanes on AVX-512), so 24 channels cost 32
+    (benchmarks/results/conv_widths.md). A stem's few input channels are not blocked."""
+    if multiple <= 1 or not lw.cout:
+        return macs
+
+    def up(c: int) -> int:
+        return -(-c // multiple) * multiple
+
+    f = up(lw.cout) / lw.cout
+    if lw.kind in ("conv", "grouped") and lw.cin >= multiple // 2:
+        f *= up(lw.cin) / lw.cin
+    return macs * f
+
+
 def _price(layers: Sequence[LayerWork], profile, runtime: str | None, precision: str, threads: int,
            batch: int) -> list[LayerPrediction]:
     unit = profile.unit()
@@ -118,7 +134,7 @@ def _price(layers: Sequence[LayerWork], profile, runtime: str | None, precision:
             # quantize (SE blocks, SiLU, shuffles): the activations move at float width
             abytes = 4
         nbytes = lw.act_elems * batch * abytes + lw.weight_elems * wbytes
-        ops = 2.0 * lw.macs * batch
+        ops = 2.0 * _blocked(lw.macs, lw, profile.channel_multiple) * batch
         kind_eff = {"conv": eff.conv, "depthwise": eff.depthwise, "grouped": eff.grouped, "gemm": eff.gemm}.get(lw.kind)
         compute = ops / (peak * 1e9 * share * kind_eff) * 1e3 if kind_eff else 0.0
         memory = nbytes / (bw * eff.memory) * 1e3
