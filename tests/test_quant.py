@@ -12,9 +12,10 @@ import pytest
 import torch
 
 import edgekit
-from edgekit.bench import TimingConfig
+from edgekit.backends import get_backend
 from edgekit.backends.onnxruntime import OrtRunner
 from edgekit.backends.openvino import OvRunner
+from edgekit.bench import TimingConfig
 from edgekit.data import load_dataset
 from edgekit.errors import InputError
 from edgekit.exporters.qdq import check_tensorrt_rules, export_qdq
@@ -206,6 +207,20 @@ def test_mixed_precision_within_budget(resnet20_path, cifar_dir, tmp_path):
     rows = {r.backend: r for r in again.rows}
     assert rows["tensorrt"].status == "unsupported" and "4-bit weights" in rows["tensorrt"].details["reason"]
     assert rows["onnxruntime"].status == "ok"
+
+
+def test_tensorrt_bundle_is_the_only_tensorrt_row(resnet20_path, cifar_dir, tmp_path):
+    """With TensorRT among the backends, its bundle (checked, and run here on the stand-in) is the
+    TensorRT row; the separate TensorRT-rules file row appears only without it."""
+    res = edgekit.quantize(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "q", mode="ptq",
+                           bits=8, calibration_images=128, limit=100, backends=("onnxruntime", "tensorrt"),
+                           progress=False, timing=TimingConfig(warmup=1, iters=2, passes=1, throughput_iters=1))
+    assert [r.backend for r in res.rows] == ["onnxruntime", "tensorrt"]
+    trt = res.rows[1]
+    assert trt.status == ("ok" if get_backend("tensorrt").unavailable() is None else "unavailable")
+    assert trt.details["standin"]["passed"], trt.details
+    assert (tmp_path / "q" / "model_tensorrt_int8" / "model.onnx").is_file()
+    assert not (tmp_path / "q" / "model_int8_tensorrt.onnx").exists()
 
 
 def test_unsupported_layer_is_named():

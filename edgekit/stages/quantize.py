@@ -144,13 +144,18 @@ def quantize(model: str | Path, *, data: str | Path, out: str | Path, mode: str 
 
     prep = Prepared(q, qcard, str(data), eval_split, calib_split)
     entries = _plan(backends, [label], q)
-    trt = _Entry("onnxruntime", label, label="onnxruntime (tensorrt-rules file)")
-    if (why := get_backend("tensorrt").unsupported(label, q)):
-        trt.status, trt.reason = "unsupported", why
+    extra = []
+    if not any(e.backend == "tensorrt" for e in entries):
+        # without a TensorRT bundle (whose stand-in row runs this same file), the TensorRT-rules
+        # QDQ file is still written, checked and run here on ONNX Runtime as its own row
+        trt = _Entry("onnxruntime", label, label="onnxruntime (tensorrt-rules file)")
+        if (why := get_backend("tensorrt").unsupported(label, q)):
+            trt.status, trt.reason = "unsupported", why
+        extra = [(trt, lambda stage: _tensorrt_file(q, qcard, stage, label))]
     res = run_entries(prep, entries, out, threads=threads, timing=timing, tolerance=tolerance, progress=progress,
                       title=f"edgekit quantize ({mode} {label})", seed=seed,
                       env_extra={"model": str(model), "data": str(data), "mode": mode, "precision": label},
-                      extra=[(trt, lambda stage: _tensorrt_file(q, qcard, stage, label))])
+                      extra=extra)
     result = QuantizeResult(out, model_path, label, fp32_top1, ptq_top1, final_top1, len(eval_split),
                             res.rows, sens, raised, drop, training)
     atomic_write_json(out / "quantize.json", result.to_dict())
