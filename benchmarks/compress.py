@@ -10,6 +10,8 @@ tries first, on the same runtimes and threads.
   Runtime) and the report.
 - Baselines: the fine-tuned ResNet-56 at INT8 (QAT, its own best INT8 artifact), and ResNet-20 /
   ResNet-32 from the shared weights fine-tuned for the teacher's epochs, then INT8 QAT.
+- When the x86 run's accuracy budget rolls the distilled student back, the student still gets
+  its INT8 QAT artifact and a headline row: the trade-off the budget refused, measured.
 - Headline: every INT8 artifact scored on all 10,000 test images through its runtime and timed
   in one interleaved run (ONNX Runtime and OpenVINO, 1 and 2 threads, batch 1).
 
@@ -129,20 +131,33 @@ def headline(models: dict[str, tuple[Path, Path]], args) -> list[dict]:
     return rows
 
 
+#: the headline's candidates: the compress run's final model, and the distilled student when the
+#: run's accuracy budget rolled it back (the trade-off the budget refused, measured anyway)
+CANDIDATES = ("compressed (x86)", "distilled student (rolled back)")
+
+
 def checks(rows: list[dict], teacher_top1: float) -> dict:
     by = {(r["model"], r["backend"]): r for r in rows}
     out = {}
-    for b in RUNTIMES:
-        c, r56 = by[("compressed (x86)", b)], by[("ResNet-56 INT8", b)]
-        out[b] = {"speedup_vs_resnet56_int8_1t": round(r56["p50_ms_1t"] / c["p50_ms_1t"], 2),
-                  "speedup_vs_resnet56_int8_2t": round(r56["p50_ms_2t"] / c["p50_ms_2t"], 2),
-                  "drop_vs_finetuned_resnet56": round(teacher_top1 - c["top1"], 2)}
-        out[b]["3x_faster_and_within_1pt"] = (out[b]["speedup_vs_resnet56_int8_1t"] >= 3
-                                              and out[b]["drop_vs_finetuned_resnet56"] <= 1)
-        for small in ("ResNet-20 INT8", "ResNet-32 INT8"):
-            s = by[(small, b)]
-            out[b][f"beats_{small.split()[0]}"] = c["top1"] >= s["top1"] and c["p50_ms_1t"] <= s["p50_ms_1t"]
+    for cand in CANDIDATES:
+        for b in RUNTIMES:
+            if (cand, b) not in by:
+                continue
+            c, r56 = by[(cand, b)], by[("ResNet-56 INT8", b)]
+            o = out[f"{cand} / {b}"] = {
+                "speedup_vs_resnet56_int8_1t": round(r56["p50_ms_1t"] / c["p50_ms_1t"], 2),
+                "speedup_vs_resnet56_int8_2t": round(r56["p50_ms_2t"] / c["p50_ms_2t"], 2),
+                "drop_vs_finetuned_resnet56": round(teacher_top1 - c["top1"], 2)}
+            o["3x_faster_and_within_1pt"] = o["speedup_vs_resnet56_int8_1t"] >= 3 and o["drop_vs_finetuned_resnet56"] <= 1
+            for small in ("ResNet-20 INT8", "ResNet-32 INT8"):
+                s = by[(small, b)]
+                o[f"beats_{small.split()[0]}"] = c["top1"] >= s["top1"] and c["p50_ms_1t"] <= s["p50_ms_1t"]
     return out
+
+
+def _rolled_back_student(res) -> Path | None:
+    rows = [s for s in res.report["stages"] if s["stage"] == "distill"]
+    return Path(rows[-1]["model"]) if rows and rows[-1]["status"] != "ok" else None
 
 
 def markdown(rows, chk, runs, teacher_top1, env, args) -> str:
@@ -152,7 +167,7 @@ def markdown(rows, chk, runs, teacher_top1, env, args) -> str:
           "|---|---|---|---|---|---|---|---|"]
     md += [f"| {r['model']} | {r['backend']} | {r['top1']:.2f} | {r['params']:,} | {r['macs'] / 1e6:.1f}M | {r['size_mb']:.2f} | "
            f"{r['p50_ms_1t']:.3f} / {r['p90_ms_1t']:.3f} | {r['p50_ms_2t']:.3f} / {r['p90_ms_2t']:.3f} |" for r in rows]
-    md += ["", "| runtime | speed-up vs ResNet-56 INT8 (1 / 2 thr) | drop vs fine-tuned ResNet-56 | >= 3x and within 1 pt | "
+    md += ["", "| model / runtime | speed-up vs ResNet-56 INT8 (1 / 2 thr) | drop vs fine-tuned ResNet-56 | >= 3x and within 1 pt | "
            "beats ResNet-20 INT8 | beats ResNet-32 INT8 |", "|---|---|---|---|---|---|"]
     md += [f"| {b} | {c['speedup_vs_resnet56_int8_1t']:.2f}x / {c['speedup_vs_resnet56_int8_2t']:.2f}x | "
            f"{c['drop_vs_finetuned_resnet56']:+.2f} | {c['3x_faster_and_within_1pt']} | {c['beats_ResNet-20']} | "
@@ -210,6 +225,8 @@ def main() -> None:
         models[f"ResNet-{d} INT8"] = (ft, int8_qat(ft, f"resnet{d}", args))
     final = Path(runs["x86"].report["final_model"])
     models["compressed (x86)"] = (final, WORKC / "run_x86" / "deploy")
+    if (student := _rolled_back_student(runs["x86"])) is not None:
+        models["distilled student (rolled back)"] = (student, int8_qat(student, "student", args))
     rows = headline(models, args)
     if teacher_top1 is None:
         teacher_top1 = runs["x86"].report["baseline_model"]["top1"]

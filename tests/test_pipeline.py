@@ -39,6 +39,25 @@ def test_bad_recipe_names_the_field(tmp_path, stages, field):
         load_recipe(_recipe(tmp_path, {"stages": stages}))
 
 
+def test_resume_reads_an_older_recipe_with_todays_defaults(tmp_path):
+    """A run saved before a recipe setting existed resumes (the new setting takes its default);
+    a run whose settings differ does not."""
+    from edgekit.errors import InputError
+    from edgekit.pipeline.recipe import Recipe
+    from edgekit.pipeline.run import STATE_FILE, _load_state
+
+    rec = Recipe.model_validate({"stages": [{"stage": "prune", "target_macs": 0.5}, {"stage": "benchmark"}]})
+    key = {"input": "m.pt", "recipe": rec.model_dump(), "profile": "x86-avx2", "max_drop": 1.0}
+    old = json.loads(json.dumps(key))
+    del old["recipe"]["stages"][0]["latency_aware"]  # saved by a version without the setting
+    (tmp_path / STATE_FILE).write_text(json.dumps({**old, "stages": [], "status": "running"}))
+    assert _load_state(tmp_path, key, resume=True)["status"] == "running"
+    old["recipe"]["stages"][0]["target_macs"] = 0.6
+    (tmp_path / STATE_FILE).write_text(json.dumps({**old, "stages": [], "status": "running"}))
+    with pytest.raises(InputError, match="different recipe"):
+        _load_state(tmp_path, key, resume=True)
+
+
 def run_cli(*args, **kw):
     return subprocess.run([sys.executable, "-m", "edgekit.cli", *args], capture_output=True, text=True, **kw)
 

@@ -136,8 +136,13 @@ def _load_state(out: Path, key: dict, resume: bool) -> dict:
         raise InputError(f"{out} already holds a compress run ({STATE_FILE}): pass --resume to continue it, "
                          "or another --out")
     state = json.loads(path.read_text())
+    saved = dict(state)
+    try:  # a run saved before a setting was added: read with today's defaults, same recipe
+        saved["recipe"] = Recipe.model_validate(state.get("recipe")).model_dump()
+    except Exception:  # noqa: BLE001 - not a valid recipe any more: reported as different below
+        pass
     for k in ("input", "recipe", "profile", "max_drop"):
-        if state.get(k) != key[k]:
+        if saved.get(k) != key[k]:
             raise InputError(f"cannot resume {out}: it was started with a different {k} "
                              f"({state.get(k)!r}); use another --out for a new run")
     return state
