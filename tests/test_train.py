@@ -62,7 +62,7 @@ def test_feature_distillation_auto_pair(tmp_path, resnet20_path, cifar_dir):
     torch.manual_seed(0)
     with_f = DistillObjective(student, teacher, feature=(s_name, t_name))(x, y, idx)[0]
     without = DistillObjective(student, teacher)(x, y, idx)[0]
-    assert 0 < float(with_f - without) < 5
+    assert 0 < (with_f - without).item() < 5
 
 
 
