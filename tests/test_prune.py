@@ -139,6 +139,22 @@ def test_prune_bad_inputs(resnet20_path, cifar_dir, tmp_path):
                       target_latency_ms=0.001, recover=False, limit=50, progress=False)
 
 
+def test_latency_target_is_measured_and_checked_again(resnet20_path, cifar_dir, tmp_path):
+    """A reachable host target: the search finds a smaller model, and the record states whether
+    the final (longer) measurement still meets the target, on the runtime and precision it used."""
+    from edgekit.stages.prune import measure_latency
+
+    module, card = get_model("cifar_resnet20", num_classes=10)
+    base = measure_latency({"r20": module}, card, tmp_path / "m", ["onnxruntime"], [1])[0]["latency_ms_p50"]
+    res = edgekit.prune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "p",
+                        target_latency_ms=round(0.7 * base, 3), recover=False, limit=50, progress=False, timing=FAST)
+    t = res.summary["target_latency"]
+    assert t["on"] == "onnxruntime FP32, 1 thread(s)" and t["met"] == (t["final_ms"] <= t["target_ms"])
+    assert res.steps[0]["measured_ms"] <= t["target_ms"] < res.steps[0]["unpruned_ms"]
+    assert res.summary["macs_after"] < res.summary["macs_before"]
+    assert "Latency target" in (tmp_path / "p" / "report.md").read_text()
+
+
 def test_more_pruning_never_gives_a_bigger_model(resnet20_path):
     """With channel rounding, a layer that would round to 0 keeps one multiple (Torch-Pruning's
     own rounding put it back to full width, so ratio 0.9 pruned less than 0.6)."""
@@ -191,6 +207,9 @@ def test_latency_aware_prune_stage(backend, precision, resnet20_path, cifar_dir,
     assert res.steps[0]["allocation"].startswith(
         f"latency-aware: lone-convolution table measured on {backend} {precision.upper()}")
     assert {r["backend"] for r in res.latency} == {backend}
+    # the report times the deployed precision too: INT8 through the runtime's own PTQ
+    assert {r["precision"] for r in res.latency} == ({"fp32", "int8"} if precision == "int8" else {"fp32"})
+    assert all(r["latency_ms_p50"] > 0 for r in res.latency)
     assert res.summary["macs_after"] <= 0.62 * res.summary["macs_before"]
     assert "latency-aware" in (tmp_path / "p" / "report.md").read_text()
     if backend == "onnxruntime":
