@@ -226,7 +226,12 @@ def prune_to_macs(model: nn.Module, input_size: Sequence[int], target: float, *,
     ok = [o for o in tried.values() if o.macs_after / o.macs_before <= target + tolerance]
     if not ok:
         least = min(tried.values(), key=lambda o: o.macs_after)
+        why = f"{least.mode}{'; ' + least.notes[0] if least.notes else ''}"
+        if kw.get("allocation") is not None:
+            a = kw["allocation"]
+            why = (f"--latency-aware: narrower widths were not measured faster on {a.backend} {a.precision.upper()}, "
+                   f"so the allocation stops there; {why}")
         raise InputError(f"--target-macs {target} is not reachable: the most this model could be pruned keeps "
-                         f"{least.macs_after / least.macs_before:.2f}x the MACs ({least.mode}"
-                         f"{'; ' + least.notes[0] if least.notes else ''}); ask for less, or lower --channel-multiple")
+                         f"{least.macs_after / least.macs_before:.2f}x the MACs ({why}); ask for less, or lower "
+                         "--channel-multiple")
     return min(ok, key=lambda o: (abs(o.macs_after / o.macs_before - target), o.ratio))
