@@ -47,6 +47,26 @@ def test_depthwise_is_its_own_kind(tmp_path):
     assert sum(1 for lw in layers if lw.kind == "depthwise") == 17
 
 
+def test_channels_are_priced_in_vector_blocks(tmp_path):
+    """On a profile whose channel_multiple is 16 (AVX-512), 24 channels cost as much compute as
+    32 (measured: benchmarks/results/conv_widths.md); the stem's 3 input channels are not padded."""
+    def convs(c):
+        return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(32, c, 3, padding=1),
+                             nn.Conv2d(c, 32, 3, padding=1)).eval()
+
+    prof = get_profile("x86-avx512")
+    assert prof.channel_multiple == 16
+    compute = {}
+    for c in (16, 24, 32):
+        layers = graph_work(export_onnx(convs(c), _card(3, 32, 32), tmp_path / f"c{c}.onnx"))
+        assert layers[1].cout == c and layers[2].cin == c
+        compute[c] = [r.compute_ms for r in predict(layers, prof, precision="fp32", runtime="onnxruntime").layers[:3]]
+    assert compute[24][1:] == pytest.approx(compute[32][1:])  # 24 -> 32 channels
+    assert compute[16][1] < compute[24][1]
+    from edgekit.latency.predict import _blocked
+    stem = layers[0]
+    assert stem.cin == 3 and _blocked(stem.macs, stem, 16) == stem.macs  # 3 input channels: not padded
+
 
 def test_int8_activation_the_runtime_cannot_fuse_costs_float_passes(tmp_path):
     """ONNX Runtime's integer conv applies ReLU itself but runs HardSwish in float between
