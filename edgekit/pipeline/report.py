@@ -120,6 +120,31 @@ def render_report(report: dict) -> str:
     return "\n".join(md)
 
 
+def _label_points(ax, points: list[tuple[float, float, str]], fontsize: int = 7) -> None:
+    """Label each point beside it, trying a few positions so that labels do not cover each other
+    or other points (several runtimes often land at nearly the same place)."""
+    fig = ax.figure
+    fig.canvas.draw()  # final limits and layout, so data -> pixel positions hold
+    px = fontsize * fig.dpi / 72  # label height in pixels; width ~ 0.6 of it per character
+    boxes = [(x - 6, y - 6, x + 6, y + 6) for x, y in (ax.transData.transform((a, b)) for a, b, _ in points)]
+    legend = [tuple(ax.get_legend().get_window_extent().extents)] if ax.get_legend() else []
+    anchors = list(boxes)
+    boxes += legend
+    for (a, b, text), (x0, y0, x1, y1) in sorted(zip(points, anchors), key=lambda p: p[0][0]):
+        x, y, w, h = (x0 + x1) / 2, (y0 + y1) / 2, 0.6 * px * len(text), px
+        spots = [(6, 3), (6, -h - 3), (6, h + 3), (-w - 6, 3), (-w - 6, -h - 3), (6, -2 * h - 3), (6, 2 * h + 3)]
+
+        def free(dx, dy):
+            bx = (x + dx, y + dy, x + dx + w, y + dy + h)
+            inside = ax.bbox.x0 <= bx[0] and bx[2] <= ax.bbox.x1 and ax.bbox.y0 <= bx[1] and bx[3] <= ax.bbox.y1
+            return inside and not any(bx[0] < c[2] and c[0] < bx[2] and bx[1] < c[3] and c[1] < bx[3] for c in boxes)
+
+        dx, dy = next((s for s in spots if free(*s)), spots[0])
+        boxes.append((x + dx, y + dy, x + dx + w, y + dy + h))
+        ax.annotate(text, (a, b), xytext=(dx * 72 / fig.dpi, dy * 72 / fig.dpi), textcoords="offset points",
+                    fontsize=fontsize, va="bottom")
+
+
 def _plot(report: dict, path: Path) -> bool:
     import matplotlib
     import matplotlib.ticker
@@ -136,8 +161,6 @@ def _plot(report: dict, path: Path) -> bool:
         rt = r["backend"].split(" ")[0]
         ax.scatter(r["latency_ms_p50"], r["top1"], marker=markers.get(rt, "o"), s=60, color=colors[name],
                    edgecolor="black", linewidth=0.5, zorder=3)
-        ax.annotate(f"{r['backend']} {r['precision']}", (r["latency_ms_p50"], r["top1"]), fontsize=7,
-                    xytext=(4, 3), textcoords="offset points")
     front = pareto_front([r for _, r in pts])
     ax.step([r["latency_ms_p50"] for r in front], [r["top1"] for r in front], where="post", color="black",
             linewidth=1, linestyle="--", zorder=2, label="Pareto frontier")
@@ -145,6 +168,8 @@ def _plot(report: dict, path: Path) -> bool:
     ax.axhline(floor, color="#1f77b4", linewidth=0.8, linestyle=":", label=f"budget floor ({floor:.2f}%)")
     for name, label in (("deploy", "compressed model"), ("baseline", "input model")):
         ax.scatter([], [], color=colors[name], label=label)
+    for rt in dict.fromkeys(r["backend"].split(" ")[0] for _, r in pts):  # marker shape = runtime
+        ax.scatter([], [], marker=markers.get(rt, "o"), color="white", edgecolor="black", linewidth=0.8, label=rt)
     ax.set_xscale("log")
     plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
     ax.xaxis.set_major_formatter(plain)
@@ -154,8 +179,9 @@ def _plot(report: dict, path: Path) -> bool:
     ax.set_ylabel("top-1 % on held-out images (deployed)")
     ax.set_title(f"{Path(report['input']).name} for {report['profile']}: accuracy vs latency")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
+    _label_points(ax, [(r["latency_ms_p50"], r["top1"], f"{r['backend']} {r['precision']}") for _, r in pts])
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp)
     plt.close(fig)
