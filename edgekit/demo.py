@@ -30,9 +30,8 @@ def demo(out: str | Path = "runs/demo", *, arch: str = "cifar_resnet20", epochs:
     """Train `arch` on digits for `epochs`, save it, then compress it for `profile` into `out`."""
     from .data import digits_stats, load_dataset
     from .models import get_model
-    from .train import Supervised, TrainConfig, train
-
     from .stages._common import seeded
+    from .train import Supervised, TrainConfig, train
 
     out = check_out_dir(Path(out))
     cfg = TrainConfig(epochs=epochs, batch_size=64, lr=0.05, hflip=False, warmup_epochs=0.5)

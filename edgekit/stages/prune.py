@@ -308,9 +308,8 @@ def _prune_to_latency(model, card, size, target_ms, backend, threads, profile=No
     timing = TimingConfig(warmup=5, iters=60, passes=3, throughput_iters=1)
     kw["risky"] = risky_layers(model, size)
     if profile is not None:
-        backend, threads = f"{profile.name} (predicted)", profile.threads[0]
-    else:
-        backend = f"{backend} {precision.upper()}"
+        threads = profile.threads[0]
+    where = f"{profile.name} (predicted)" if profile is not None else f"{backend} {precision.upper()}"
     with tempfile.TemporaryDirectory() as tmp:
         def latency(m, name):
             if profile is not None:
@@ -318,17 +317,17 @@ def _prune_to_latency(model, card, size, target_ms, backend, threads, profile=No
                 from ..latency import predict
                 path = export_onnx(m.eval(), card, Path(tmp) / f"{name}.onnx")
                 return predict(path, profile, batch=1).latency_ms
-            return measure_latency({name: m}, card, Path(tmp) / name, [backend.split()[0]], [threads], timing,
+            return measure_latency({name: m}, card, Path(tmp) / name, [backend], [threads], timing,
                                    precisions=[precision], calibration=calibration)[0]["latency_ms_p50"]
 
         base = latency(model, "base")
         if base <= target_ms:
             raise InputError(f"the model already runs in {base:.3f} ms (<= --target-latency-ms {target_ms}) on "
-                             f"{backend} at {threads} thread(s): nothing to prune")
+                             f"{where} at {threads} thread(s): nothing to prune")
         most = prune_channels(model, size, 0.85, **kw)
         floor = latency(most.model, "floor")
         if floor > target_ms:
-            raise InputError(f"--target-latency-ms {target_ms} is not reachable on {backend} at {threads} thread(s): "
+            raise InputError(f"--target-latency-ms {target_ms} is not reachable on {where} at {threads} thread(s): "
                              f"unpruned {base:.3f} ms, with 85% of the prunable channels removed still {floor:.3f} ms "
                              "(per-layer overhead dominates at small widths); ask for more, or remove blocks")
         lo, hi, best = 0.0, 0.85, (most, floor)
@@ -345,7 +344,7 @@ def _prune_to_latency(model, card, size, target_ms, backend, threads, profile=No
                 lo = mid
     outcome, ms = best
     kind = "predicted_ms" if profile is not None else "measured_ms"
-    return outcome.model, {**outcome.to_dict(), kind: ms, "unpruned_ms": base, "backend": backend,
+    return outcome.model, {**outcome.to_dict(), kind: ms, "unpruned_ms": base, "backend": where,
                            "threads": threads}
 
 

@@ -1,0 +1,104 @@
+"""Why a deployed file disagrees with its fake-quant model: the QAT artifacts of
+benchmarks/quantization.py, each scored against its own fake-quant torch model.
+
+- ONNX Runtime: `model_<p>.onnx` (UINT8 activations; post-ReLU tensors saturate at 255 steps
+  where the torch grid clips at 127) against `model_<p>_tensorrt.onnx` (signed INT8, the torch
+  grid exactly), both run on ONNX Runtime.
+- OpenVINO: the IR compiled with the CPU's default inference precision (bf16 on this host) and
+  with an f32 hint; their batch-1 latency at 1 thread, timed interleaved.
+
+Needs the run folders of benchmarks/quantization.py (benchmarks/work/quant/*_kd). Writes
+benchmarks/results/agreement.{json,md}.
+
+    python benchmarks/agreement.py [--limit 3000]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+from _common import CIFAR, RESULTS, WORK, require_shared
+
+import edgekit
+from edgekit._io import atomic_write_json, atomic_write_text
+from edgekit.backends.onnxruntime import OrtRunner
+from edgekit.backends.openvino import executed_precision
+from edgekit.bench import TimingConfig, time_runners
+from edgekit.data import load_dataset
+from edgekit.env import environment
+
+
+class _Ov:
+    """An OpenVINO runner with a chosen inference-precision hint (None: the device default)."""
+
+    def __init__(self, xml, hint: str | None) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        cfg = {"INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        if hint:
+            cfg["INFERENCE_PRECISION_HINT"] = hint
+        self.compiled = core.compile_model(core.read_model(str(xml)), "CPU", cfg)
+        self.request = self.compiled.create_infer_request()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.request.infer({0: x})
+        return self.request.get_output_tensor(0).data.copy()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--limit", type=int, default=3000, help="test images")
+    ap.add_argument("--iters", type=int, default=600, help="timed calls per OpenVINO runner")
+    args = ap.parse_args()
+    require_shared()
+    folders = sorted(f for f in (WORK / "quant").glob("*_kd") if (f / "quantize.json").exists())
+    if not folders:
+        raise SystemExit("no QAT run folders under benchmarks/work/quant: run benchmarks/quantization.py first")
+    rows = []
+    for folder in folders:
+        loaded = edgekit.load_model(folder / "model.pt")
+        card, prec = loaded.card, loaded.card.notes["quantization"]
+        test = load_dataset(CIFAR, input_size=card.input_size).evaluation(args.limit)
+        xs, ys = zip(*test.batches(100, mean=card.mean, std=card.std))
+        x, y = torch.cat(xs), torch.cat(ys).numpy()
+        with torch.no_grad():
+            ref = loaded.module.eval()(x).argmax(1).numpy()
+        runners = {"onnxruntime, ORT-form file (UINT8)": OrtRunner(folder / f"model_{prec}.onnx", precision=prec, threads=1)}
+        if (folder / f"model_{prec}_tensorrt.onnx").exists():
+            runners["onnxruntime, TensorRT-rules file (INT8)"] = OrtRunner(
+                folder / f"model_{prec}_tensorrt.onnx", precision=prec, threads=1)
+        ov = {hint: _Ov(folder / f"model_{prec}_openvino.xml", hint) for hint in (None, "f32")}
+        runners.update({f"openvino, {'default' if h is None else h + ' hint'}": r for h, r in ov.items()})
+        timed = time_runners(list(ov.values()), x[:1].numpy(), TimingConfig(warmup=20, iters=args.iters, passes=6,
+                                                                            throughput_iters=0))
+        ov_ms = dict(zip(ov, timed))
+        for name, r in runners.items():
+            pred = np.concatenate([r(x[i:i + 100].numpy()) for i in range(0, len(x), 100)]).argmax(1)
+            row = {"model": folder.name, "precision": prec, "runtime": name, "images": len(y),
+                   "agreement": round(100 * float((pred == ref).mean()), 2),
+                   "top1": round(100 * float((pred == y).mean()), 2)}
+            if name.startswith("openvino"):
+                hint = None if "default" in name else "f32"
+                row["executed"] = executed_precision(ov[hint].compiled)
+                row["p50_ms_1t"] = round(ov_ms[hint].latency_ms_p50, 3)
+            rows.append(row)
+            print(row, flush=True)
+    env = environment(args=vars(args))
+    atomic_write_json(RESULTS / "agreement.json", {"rows": rows, "environment": env})
+    md = ["# Agreement of deployed files with their fake-quant model", "",
+          f"QAT artifacts of benchmarks/quantization.py; top-1 agreement with the fake-quant torch model on "
+          f"{args.limit} test images. OpenVINO latency: batch 1, 1 thread, {args.iters} calls, interleaved.", "",
+          "| run | precision | runtime / file | agreement % | top-1 % | OpenVINO executed | p50 ms |", "|---|---|---|---|---|---|---|"]
+    md += [f"| {r['model']} | {r['precision']} | {r['runtime']} | {r['agreement']:.2f} | {r['top1']:.2f} | "
+           f"{r.get('executed', '-')} | {r.get('p50_ms_1t', '-')} |" for r in rows]
+    md += ["", f"CPU {env['cpu']['model']}; onnxruntime {env['versions']['onnxruntime']}, openvino "
+           f"{env['versions']['openvino']}; {env['date']}.", ""]
+    atomic_write_text(RESULTS / "agreement.md", "\n".join(md))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
