@@ -24,28 +24,10 @@ from _common import CIFAR, RESULTS, WORK, require_shared
 import edgekit
 from edgekit._io import atomic_write_json, atomic_write_text
 from edgekit.backends.onnxruntime import OrtRunner
-from edgekit.backends.openvino import executed_precision
+from edgekit.backends.openvino import OvRunner, executed_precision
 from edgekit.bench import TimingConfig, time_runners
 from edgekit.data import load_dataset
 from edgekit.env import environment
-
-
-class _Ov:
-    """An OpenVINO runner with a chosen inference-precision hint (None: the device default)."""
-
-    def __init__(self, xml, hint: str | None) -> None:
-        import openvino as ov
-
-        core = ov.Core()
-        cfg = {"INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
-        if hint:
-            cfg["INFERENCE_PRECISION_HINT"] = hint
-        self.compiled = core.compile_model(core.read_model(str(xml)), "CPU", cfg)
-        self.request = self.compiled.create_infer_request()
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        self.request.infer({0: x})
-        return self.request.get_output_tensor(0).data.copy()
 
 
 def main() -> None:
@@ -70,7 +52,9 @@ def main() -> None:
         if (folder / f"model_{prec}_tensorrt.onnx").exists():
             runners["onnxruntime, TensorRT-rules file (INT8)"] = OrtRunner(
                 folder / f"model_{prec}_tensorrt.onnx", precision=prec, threads=1)
-        ov = {hint: _Ov(folder / f"model_{prec}_openvino.xml", hint) for hint in (None, "f32")}
+        # OvRunner hints f32 for an "fp32" row and leaves other rows at the CPU's default (bf16 here)
+        xml = folder / f"model_{prec}_openvino.xml"
+        ov = {None: OvRunner(xml, precision=prec, threads=1), "f32": OvRunner(xml, precision="fp32", threads=1)}
         runners.update({f"openvino, {'default' if h is None else h + ' hint'}": r for h, r in ov.items()})
         timed = time_runners(list(ov.values()), x[:1].numpy(), TimingConfig(warmup=20, iters=args.iters, passes=6,
                                                                             throughput_iters=0))
