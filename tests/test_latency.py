@@ -123,6 +123,29 @@ def test_qdq_graph_marks_integer_layers(tmp_path, resnet20_onnx):
     assert {r.precision for r in pred.layers if r.kind == "conv"} == {"int8"}
 
 
+@pytest.mark.parametrize("target", ["onnxruntime", "tensorrt"])
+def test_edgekit_qdq_export_has_the_float_graphs_work(tmp_path, resnet20_onnx, target):
+    """edgekit's own QDQ files write ResNet-20's shortcut F.pad with pads computed by a small
+    subgraph, which ONNX shape inference cannot follow: the convolutions after it must still be
+    counted (they were not, and a QAT model was predicted at half its latency), and the pad
+    arithmetic is folded away, not priced as layers."""
+    import copy
+
+    from edgekit.exporters.qdq import export_qdq
+    from edgekit.quant import plan, prepare
+
+    m, card = get_model("cifar_resnet20", num_classes=10)
+    q = prepare(copy.deepcopy(m.eval()), plan(m, 8)).eval()
+    layers = graph_work(export_qdq(q, card, tmp_path / "q.onnx", target=target, work=tmp_path))
+    ref = graph_work(resnet20_onnx)
+    assert [lw.macs for lw in layers if lw.kind == "conv"] == [lw.macs for lw in ref if lw.kind == "conv"]
+    assert all(lw.quantized for lw in layers if lw.kind == "conv")
+    assert len(layers) == len(ref)
+    prof = get_profile("x86-avx2")
+    assert predict(layers, prof, precision="int8").latency_ms == pytest.approx(
+        predict(ref, prof, precision="int8").latency_ms, rel=0.05)
+
+
 def test_calibration_fits_and_is_picked_up(tmp_path, monkeypatch):
     from edgekit.latency.calibrate import calibrate
 

@@ -120,13 +120,24 @@ def _files(run: Path) -> set[str]:
             and p.suffix not in (".json", ".jsonl", ".md", ".png")}
 
 
+def cli_here(*args):
+    """The same typer app in this process: no new interpreter (4 s of imports) where the test is
+    not about processes. Errors come back as `.exception`, not as exit code 2 (that is main()'s)."""
+    from typer.testing import CliRunner
+
+    from edgekit.cli import app
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
 def test_killed_run_resumes_to_the_same_end(tmp_path, digits_model, ort_profile):
+    from edgekit.errors import InputError
+
     recipe = _recipe(tmp_path, RESUME_RECIPE)
     args = ["compress", str(digits_model), "--profile", str(ort_profile), "--data", "digits", "--recipe", str(recipe),
             "--limit", "0"]
     ref = tmp_path / "ref"
-    p = run_cli(*args, "--out", str(ref), timeout=600)
-    assert p.returncode == 0, p.stderr[-2000:]
+    p = cli_here(*args, "--out", ref)
+    assert p.exit_code == 0, p.output[-2000:]
 
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli", *args, "--out", str(run)],
@@ -140,9 +151,9 @@ def test_killed_run_resumes_to_the_same_end(tmp_path, digits_model, ort_profile)
     killed = json.loads((run / "pipeline.json").read_text())
     assert killed["stages"] == []
 
-    p = run_cli(*args, "--out", str(run), timeout=600)
-    assert p.returncode == 2 and "--resume" in p.stderr  # an existing run is never overwritten silently
-    p = run_cli(*args, "--out", str(run), "--resume", timeout=600)
+    p = cli_here(*args, "--out", run)  # an existing run is never overwritten silently
+    assert isinstance(p.exception, InputError) and "--resume" in str(p.exception)
+    p = run_cli(*args, "--out", str(run), "--resume", timeout=600)  # a fresh process, as after a kill
     assert p.returncode == 0, p.stderr[-2000:]
     a, b = (json.loads((d / "report.json").read_text()) for d in (ref, run))
     assert [s["stage"] for s in a["stages"]] == [s["stage"] for s in b["stages"]] == ["finetune", "quantize"]
@@ -152,13 +163,13 @@ def test_killed_run_resumes_to_the_same_end(tmp_path, digits_model, ort_profile)
     assert _files(ref) == _files(run)
     # a finished run resumed again redoes nothing
     before = (run / "stages" / "02_quantize" / "model.pt").stat().st_mtime
-    p = run_cli(*args, "--out", str(run), "--resume", timeout=600)
-    assert p.returncode == 0 and (run / "stages" / "02_quantize" / "model.pt").stat().st_mtime == before
+    p = cli_here(*args, "--out", run, "--resume")
+    assert p.exit_code == 0 and (run / "stages" / "02_quantize" / "model.pt").stat().st_mtime == before
     # re-render and compare
     (run / "report.md").unlink()
-    assert run_cli("report", str(run)).returncode == 0 and (run / "report.md").exists()
-    p = run_cli("compare", str(ref), str(run))
-    assert p.returncode == 0 and "finetune (ok), quantize (ok)" in p.stdout
+    assert cli_here("report", run).exit_code == 0 and (run / "report.md").exists()
+    p = cli_here("compare", ref, run)
+    assert p.exit_code == 0 and "finetune (ok), quantize (ok)" in p.output
 
 
 def test_budget_that_cannot_be_met(tmp_path, digits_model, ort_profile):
@@ -176,6 +187,10 @@ def test_budget_that_cannot_be_met(tmp_path, digits_model, ort_profile):
     rep = res.report
     assert [s["status"] for s in rep["stages"]] == ["rolled back"] * 3
     assert [s["settings"]["target_macs"] for s in rep["stages"]] == [0.3, 0.65, 0.825]
+    # every stage states its latency: measured here on the profile's runtime as deployed, and predicted
+    for s in rep["stages"]:
+        assert s["measured_ms"] > 0 and s["measured_on"].startswith("onnxruntime int8")
+        assert 0 < s["predicted_ms"] < rep["baseline_model"]["predicted_ms"] and s["predicted_precision"] == "int8"
     assert rep["changed"] is False and rep["final_model"].endswith("00_input/model.pt")
     md = (tmp_path / "b" / "report.md").read_text()
     assert "No compression stage was kept within the budget of 0.0 points" in md

@@ -62,6 +62,35 @@ def _load(model):
     return onnx.shape_inference.infer_shapes(m)
 
 
+def _run_shapes(m, missing: set[str]) -> dict[str, list[int]]:
+    """Shapes ONNX's inference leaves unknown (a Pad whose pads a subgraph computes, as the legacy
+    exporter writes F.pad): read off one batch-1 run in ONNX Runtime. {} if it cannot run."""
+    import onnx
+
+    try:
+        import onnxruntime as ort
+
+        m = onnx.ModelProto.FromString(m.SerializeToString())
+        known = {o.name for o in m.graph.output}
+        m.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in sorted(missing - known))
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        inits = {t.name for t in m.graph.initializer}
+        feed = {}
+        for i in m.graph.input:
+            if i.name in inits:
+                continue
+            t = i.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else 1 for d in t.shape.dim]
+            feed[i.name] = np.zeros(dims, dtype=onnx.helper.tensor_dtype_to_np_dtype(t.elem_type))
+        names = [o.name for o in sess.get_outputs()]
+        return {n: list(v.shape) for n, v in zip(names, sess.run(names, feed)) if n in missing}
+    except Exception:  # noqa: BLE001 - a model ORT cannot run keeps the shapes inference found
+        return {}
+
+
 class GraphWork(list):
     """The layers, plus the elements of the graph's inputs and outputs (what a runtime converts
     on every call: layout reorders, copies)."""
@@ -89,6 +118,17 @@ def graph_work(model) -> "GraphWork":
                 if a.name == "value":
                     inits[n.output[0]] = a.t
                     shapes[n.output[0]] = list(a.t.dims)
+    # a node computed from constants only (pads, shapes) is folded before the first run: free
+    folded: set[str] = set()
+    graph_inputs = {i.name for i in g.input if i.name not in inits}
+    for n in g.node:
+        if n.op_type != "Constant" and n.input and all(
+                not i or i in inits or i in folded for i in n.input) and not graph_inputs & set(n.input):
+            folded.update(n.output)
+    missing = {o for n in g.node if n.op_type not in _FREE for o in n.output[:1]
+               if o and o not in shapes and o not in folded}
+    if missing:
+        shapes.update(_run_shapes(m, missing))
     # Q/DQ: DequantizeLinear(QuantizeLinear(x)) is x, marked integer
     alias: dict[str, str] = {}
     integer: set[str] = set()
@@ -109,7 +149,7 @@ def graph_work(model) -> "GraphWork":
     has_qdq = bool(integer)
 
     def is_const(x: str) -> bool:
-        return root(x) in inits
+        return root(x) in inits or root(x) in folded or x in folded
 
     layers = GraphWork()
     layers.io_elems = sum(_numel(shapes.get(v.name, [])) for v in list(g.output) + [
@@ -118,7 +158,7 @@ def graph_work(model) -> "GraphWork":
     for idx, n in enumerate(g.node):
         op, name = n.op_type, n.name or f"{n.op_type}_{idx}"
         out = root(n.output[0]) if n.output else None
-        if op in _FREE:
+        if op in _FREE or (n.output and n.output[0] in folded):
             continue
         data_in = [i for i in n.input if i and not is_const(i)]
         src = root(data_in[0]) if data_in else None

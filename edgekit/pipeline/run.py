@@ -92,7 +92,10 @@ def _run_stage(spec, src: _Source, folder: Path, ctx: dict) -> Path:
               latency_aware=spec.latency_aware,
               config=_config(recipe, max(spec.recovery_epochs, 1), spec.lr), recover=spec.recovery_epochs > 0,
               kd=spec.kd, profile=ctx["profile"], limit=ctx["limit"], arch=src.arch, trust_pickle=src.trust_pickle,
-              resume=True, progress=progress, seed=recipe.train.seed, timing=light)
+              resume=True, progress=progress, seed=recipe.train.seed, timing=light,
+              # the stage row needs the pruned model's latency as deployed; the final model is timed
+              # on every runtime and precision by the deploy step
+              backends=ctx["profile"].runtimes[:1], latency_precisions=())
         return folder / "model.pt"
     if spec.stage == "distill":
         res = distill(src.path, student=ctx["student"] or spec.student, data=data, out=folder,
@@ -106,6 +109,41 @@ def _run_stage(spec, src: _Source, folder: Path, ctx: dict) -> Path:
                    kd=spec.kd, calibration_images=ctx["profile"].calibration_images, limit=ctx["limit"],
                    backends="torch", threads=1, timing=light, resume=True, progress=progress, seed=recipe.train.seed)
     return res.model_path
+
+
+def _stage_latency(stage: str, folder: Path, path: Path, src: "_Source | None", prof) -> dict:
+    """A stage's latency: what the stage measured itself (prune times its model as deployed on
+    the profile's first runtime here), and the profile's latency model at the precision the
+    stage's model deploys in (a quantize stage: its input's graph, in INT8)."""
+    import json
+
+    from ..latency import predict_model
+
+    out: dict[str, Any] = {}
+    record = folder / "prune.json"
+    if stage == "prune" and record.is_file():
+        rows = [r for r in json.loads(record.read_text()).get("latency", []) if r["variant"] == "pruned"]
+        deployed = "int8" if prof.preferred_precision == "int8" else "fp32"  # what prune deploys in
+        if rows:
+            r = next((r for r in rows if r["precision"] == deployed), rows[0])
+            out["measured_ms"] = r["latency_ms_p50"]
+            out["measured_on"] = f"{r['backend']} {r['precision']}, {r['threads']} thread(s), this host"
+    precision = prof.preferred_precision
+    if stage == "quantize" and "int8" in prof.precisions:
+        path, precision = Path(src.path), "int8"
+    key = (str(path), Path(path).stat().st_mtime_ns, id(prof), precision)
+    if key not in _PREDICTED:  # a quantize stage's input was predicted as the stage before's output
+        try:
+            # the graph as deployed (the exporter the latency model was calibrated on: BN unfused)
+            _PREDICTED[key] = round(predict_model(path, prof, precision=precision).latency_ms, 3)
+        except Exception:  # noqa: BLE001 - an informative column; the deploy step measures what is shipped
+            _PREDICTED[key] = None
+    out["predicted_ms"] = _PREDICTED[key]
+    out["predicted_precision"] = precision
+    return out
+
+
+_PREDICTED: dict[tuple, float | None] = {}
 
 
 def _describe(path: Path, eval_split) -> dict:
@@ -197,6 +235,8 @@ def compress(model: str | Path, *, profile: str, data: str | Path, out: str | Pa
     if not base_path.exists():
         save_model(prep.module, prep.card, base_path)
     base = state.get("baseline_model") or _describe(base_path, eval_split)
+    if "predicted_ms" not in base:  # new, or a run saved before stages carried their latency
+        base.update(_stage_latency("input", out, base_path, None, prof))
     state["baseline_model"] = base
     save()
     ctx = {"recipe": rec, "data": data, "progress": progress, "profile": prof, "limit": limit, "student": student}
@@ -212,12 +252,15 @@ def compress(model: str | Path, *, profile: str, data: str | Path, out: str | Pa
                 log.info("stage %d/%d: %s (attempt %d)", n, len(model_stages), spec.stage, k)
                 t0 = time.time()
                 path = _run_stage(attempt, src, folder, ctx)
-                info = _describe(path, eval_split)
+                info = {**_describe(path, eval_split), **_stage_latency(spec.stage, folder, path, src, prof)}
                 drop = round(base["top1"] - info["top1"], 2)
                 r = {"index": i, "attempt": k, "stage": spec.stage, "settings": attempt.model_dump(),
                      "dir": str(folder), **info, "drop": drop, "seconds": round(time.time() - t0, 1),
                      "status": "ok" if drop <= budget else "over budget"}
                 state["stages"].append(r)
+                save()
+            elif "predicted_ms" not in r:  # resumed from a run saved before stages carried latency
+                r.update(_stage_latency(spec.stage, Path(r["dir"]), Path(r["model"]), src, prof))
                 save()
             if r["status"] == "ok":
                 accepted = r

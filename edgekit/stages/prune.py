@@ -62,14 +62,15 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
           config: TrainConfig | None = None, recover: bool = True, kd: bool = False,
           temperature: float = 4.0, alpha: float = 0.9, profile: str | None = None,
           backends: Sequence[str] | str | None = None, threads: Sequence[int] | str | int | None = None,
-          compare_rounding: bool = False, limit: int | None = 1000, arch: str | None = None,
-          num_classes: int | None = None, trust_pickle: bool = False, resume: bool = False,
-          progress: bool = True, seed: int = 0, timing=None) -> PruneResult:
+          compare_rounding: bool = False, latency_precisions: Sequence[str] | None = None,
+          limit: int | None = 1000, arch: str | None = None, num_classes: int | None = None,
+          trust_pickle: bool = False, resume: bool = False, progress: bool = True, seed: int = 0, timing=None) -> PruneResult:
     """Prune `model` (see the module docstring); exactly one of ratio / target_macs /
     target_latency_ms (channels) or sparsity (unstructured). `latency_aware` sets the widths
     from per-layer latencies measured on the first backend (pruning.latency_aware) instead of
     the magnitude ranking, in `latency_precision` (default: the profile's preferred precision,
-    else fp32). Writes into `out`: model.pt,
+    else fp32). The latency table times the deployed precision and `latency_precisions` (default
+    FP32) on every backend. Writes into `out`: model.pt,
     train_step<i>/ (recovery runs; `resume=True` continues them), prune.json, report.md."""
     from ..inputs import parse_backends, parse_threads
     from ..models import save_model
@@ -213,9 +214,9 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
         variants[f"pruned, widths not rounded (multiple 1 instead of {multiple})"] = _unrounded(
             original, size, summary["macs_after"] / summary["macs_before"], importance, global_pruning, keep,
             grad_batches)
+    extra = ["fp32"] if latency_precisions is None else list(latency_precisions)
     latency = measure_latency(variants, card, out / ".work", backends, threads, timing,
-                              precisions=["fp32"] + (["int8"] if deploy_precision == "int8" else []),
-                              calibration=calibration)
+                              precisions=list(dict.fromkeys([*extra, deploy_precision])), calibration=calibration)
     if target_latency_ms is not None and not (prof is not None and prof.name != "host"):
         # the search timed candidates briefly; the table above is the longer, final measurement
         final = next(x for x in latency if x["variant"] == "pruned" and x["backend"] == backends[0]
