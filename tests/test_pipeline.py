@@ -69,6 +69,10 @@ def test_demo_end_to_end(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     rep = json.loads((out / "report.json").read_text())
     assert [s["stage"] for s in rep["stages"] if s["attempt"] == 1] == ["prune", "quantize"]
+    # the budget is checked on the deployed file: the quantize stage is scored through ONNX Runtime
+    q = [s for s in rep["stages"] if s["stage"] == "quantize"][-1]
+    assert q["scored_on"] == "onnxruntime int8 file" and q["top1_torch"] > 0 and q["measured_ms"] > 0
+    assert q["drop"] == pytest.approx(rep["baseline_model"]["top1"] - q["top1"], abs=0.011)
     md = (out / "report.md").read_text()
     for needle in ("| 1 | prune |", "| 2 | quantize |", "## Deployed: the final model", "## Baseline", "predicted ms"):
         assert needle in md

@@ -56,6 +56,10 @@ def _rows_table(rows: list[dict]) -> list[str]:
     return out
 
 
+def _scored_on(s: dict) -> str:
+    return f" ({s['scored_on']}; torch {s['top1_torch']:.2f})" if s.get("scored_on") else ""
+
+
 def _measured(s: dict) -> str:
     return f"{s['measured_ms']:.3f} ({s['measured_on']})" if s.get("measured_ms") is not None else "-"
 
@@ -94,22 +98,23 @@ def render_report(report: dict) -> str:
                    "artifacts that meet it are the input model's own.", ""]
     elif report.get("timed", True):
         md += [f"**No deployed artifact meets the budget of {report['max_drop']} points.** See the tables below.", ""]
-    md += ["## Stages", "", "| # | stage | settings | attempt | status | top-1 % (torch) | drop | MACs | params | "
+    md += ["## Stages", "", "| # | stage | settings | attempt | status | top-1 % | drop | MACs | params | "
            f"size MB | measured ms | predicted ms ({report['profile']}) | minutes |", "|" + "---|" * 13,
            f"| 0 | input | {b.get('arch') or ''} | - | - | {b['top1']:.2f} | 0.00 | {_fmt(b['macs'] and b['macs'] / 1e6, 1)}M | "
            f"{b['params']:,} | {b['size_mb']:.3f} | - | {_predicted(b)} | - |"]
     for s in report["stages"]:
         md.append(f"| {s['index'] + 1} | {s['stage']} | {_settings(s['settings'])} | {s['attempt']} | {s['status']} | "
-                  f"{s['top1']:.2f} | {s['drop']:.2f} | {_fmt(s['macs'] and s['macs'] / 1e6, 1)}M | {s['params']:,} | "
+                  f"{s['top1']:.2f}{_scored_on(s)} | {s['drop']:.2f} | {_fmt(s['macs'] and s['macs'] / 1e6, 1)}M | {s['params']:,} | "
                   f"{s['size_mb']:.3f} | {_measured(s)} | {_predicted(s)} | {s['seconds'] / 60:.1f} |")
     if not report["stages"]:
         md.append("| - | (no model stage in the recipe) |" + " |" * 11)
-    md += ["", "Stage accuracy is the torch model's (fake-quant for quantized ones) on the held-out images; "
-           "\"over budget\" stages were retried with a gentler setting, \"rolled back\" ones dropped. "
-           "\"measured ms\": what the stage timed itself on this host, batch 1 (prune: its model as deployed "
-           "on the profile's first runtime here); \"predicted ms\": the profile's latency model at the precision "
-           "in brackets (a quantize stage: its input's graph in INT8). The final model is measured on every "
-           "runtime below.", "",
+    md += ["", "Stage accuracy, on the held-out images, is what the budget is checked on: the torch model's for "
+           "float stages, the deployed file's for a quantize stage (on the runtime in brackets; the fake-quant "
+           "torch model can differ on low-margin images). \"Over budget\" stages were retried with a gentler "
+           "setting, \"rolled back\" ones dropped. \"measured ms\": what the stage timed itself here, batch 1 "
+           "(prune: its model as deployed on the profile's first runtime; quantize: its deployed file); "
+           "\"predicted ms\": the profile's latency model at the precision in brackets (a quantize stage: its "
+           "input's graph in INT8). The final model is measured on every runtime below.", "",
            "## Deployed: the final model", ""] + _rows_table(report["deploy"])
     if report["baseline"]:
         md += ["", "## Baseline: the input model through the same runtimes", ""] + _rows_table(report["baseline"])

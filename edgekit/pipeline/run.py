@@ -107,13 +107,38 @@ def _run_stage(spec, src: _Source, folder: Path, ctx: dict) -> Path:
                    trust_pickle=src.trust_pickle, config=_config(recipe, spec.epochs, spec.lr, weight_decay=0.0,
                                                                        grad_clip=QAT_GRAD_CLIP),
                    kd=spec.kd, calibration_images=ctx["profile"].calibration_images, limit=ctx["limit"],
-                   backends="torch", threads=1, timing=light, resume=True, progress=progress, seed=recipe.train.seed)
+                   # the budget is checked on the deployed runtime's file (_deployed_score), not the
+                   # fake-quant torch model: integer rounding in the runtime flips low-margin images
+                   backends=ctx["profile"].runtimes, threads=ctx["profile"].threads[:1], timing=light, resume=True,
+                   progress=progress, seed=recipe.train.seed, tensorrt_rules_row=False)
     return res.model_path
+
+
+def _deployed_score(stage: str, folder: Path, prof) -> dict:
+    """A quantize stage's top-1 through the profile's first runtime (for a runtime that is not
+    here, its file on the stand-in), from the stage's own verified rows; {} for float stages,
+    whose torch accuracy is what any runtime gives back (verified at >= 99% agreement)."""
+    import json
+
+    record = folder / "quantize.json"
+    if stage != "quantize" or not record.is_file():
+        return {}
+    rows = json.loads(record.read_text()).get("rows", [])
+    first = prof.runtimes[0]
+    for r in rows:
+        if r["backend"] != first:
+            continue
+        if r["status"] == "ok" and r.get("top1") is not None:
+            return {"top1": r["top1"], "scored_on": f"{first} {r['precision']} file"}
+        standin = (r.get("details") or {}).get("standin")
+        if standin and standin.get("passed"):
+            return {"top1": round(standin["top1"], 2), "scored_on": f"{first} {r['precision']} file, on the stand-in"}
+    return {}
 
 
 def _stage_latency(stage: str, folder: Path, path: Path, src: "_Source | None", prof) -> dict:
     """A stage's latency: what the stage measured itself (prune times its model as deployed on
-    the profile's first runtime here), and the profile's latency model at the precision the
+    the profile's first runtime here, quantize its deployed file there), and the profile's latency model at the precision the
     stage's model deploys in (a quantize stage: its input's graph, in INT8)."""
     import json
 
@@ -121,6 +146,13 @@ def _stage_latency(stage: str, folder: Path, path: Path, src: "_Source | None", 
 
     out: dict[str, Any] = {}
     record = folder / "prune.json"
+    qrecord = folder / "quantize.json"
+    if stage == "quantize" and qrecord.is_file():  # its deployed rows, timed briefly
+        r = next((r for r in json.loads(qrecord.read_text()).get("rows", [])
+                  if r["backend"] == prof.runtimes[0] and r["status"] == "ok" and r.get("latency_ms_p50")), None)
+        if r:
+            out["measured_ms"] = r["latency_ms_p50"]
+            out["measured_on"] = f"{r['backend']} {r['precision']}, {r['threads']} thread(s), this host"
     if stage == "prune" and record.is_file():
         rows = [r for r in json.loads(record.read_text()).get("latency", []) if r["variant"] == "pruned"]
         deployed = "int8" if prof.preferred_precision == "int8" else "fp32"  # what prune deploys in
@@ -253,6 +285,8 @@ def compress(model: str | Path, *, profile: str, data: str | Path, out: str | Pa
                 t0 = time.time()
                 path = _run_stage(attempt, src, folder, ctx)
                 info = {**_describe(path, eval_split), **_stage_latency(spec.stage, folder, path, src, prof)}
+                info["top1_torch"] = info["top1"]
+                info.update(_deployed_score(spec.stage, folder, prof))
                 drop = round(base["top1"] - info["top1"], 2)
                 r = {"index": i, "attempt": k, "stage": spec.stage, "settings": attempt.model_dump(),
                      "dir": str(folder), **info, "drop": drop, "seconds": round(time.time() - t0, 1),

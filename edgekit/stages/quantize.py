@@ -64,11 +64,13 @@ def quantize(model: str | Path, *, data: str | Path, out: str | Path, mode: str 
              max_drop: float | None = None, calibration_images: int = 512, limit: int | None = 1000,
              backends: Sequence[str] | str = ("torch", "onnxruntime", "openvino", "tensorrt"),
              threads: Sequence[int] | str | int = (1,), timing=None, tolerance=None, profile: str | None = None,
-             resume: bool = False, progress: bool = True, seed: int = 0) -> QuantizeResult:
+             resume: bool = False, progress: bool = True, seed: int = 0,
+             tensorrt_rules_row: bool = True) -> QuantizeResult:
     """Quantize `model` on `data` and deploy it; see the module docstring. Writes into `out`:
     model.pt (the quantized checkpoint, loadable by every edgekit command), the runtime
     artifacts with their cards, results.* (the benchmark table), quantize.json, report.md and,
-    for QAT, train/ (the training run; `resume=True` continues it)."""
+    for QAT, train/ (the training run; `resume=True` continues it). `tensorrt_rules_row`: also
+    write the TensorRT-rules file and run it here when no TensorRT bundle is planned."""
     from ..backends import get_backend
     from ..benchmark import Prepared, _Entry, _plan, run_entries
     from ..inputs import parse_backends, parse_threads
@@ -145,7 +147,7 @@ def quantize(model: str | Path, *, data: str | Path, out: str | Path, mode: str 
     prep = Prepared(q, qcard, str(data), eval_split, calib_split)
     entries = _plan(backends, [label], q)
     extra = []
-    if not any(e.backend == "tensorrt" for e in entries):
+    if tensorrt_rules_row and not any(e.backend == "tensorrt" for e in entries):
         # without a TensorRT bundle (whose stand-in row runs this same file), the TensorRT-rules
         # QDQ file is still written, checked and run here on ONNX Runtime as its own row
         trt = _Entry("onnxruntime", label, label="onnxruntime (tensorrt-rules file)")
