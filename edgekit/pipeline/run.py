@@ -109,57 +109,58 @@ def _run_stage(spec, src: _Source, folder: Path, ctx: dict) -> Path:
                    kd=spec.kd, calibration_images=ctx["profile"].calibration_images, limit=ctx["limit"],
                    # the budget is checked on the deployed runtime's file (_deployed_score), not the
                    # fake-quant torch model: integer rounding in the runtime flips low-margin images
-                   backends=ctx["profile"].runtimes, threads=ctx["profile"].threads[:1], timing=light, resume=True,
+                   backends=ctx["profile"].runtimes[:1], threads=ctx["profile"].threads[:1], timing=light, resume=True,
                    progress=progress, seed=recipe.train.seed, tensorrt_rules_row=False)
     return res.model_path
 
 
-def _deployed_score(stage: str, folder: Path, prof) -> dict:
-    """A quantize stage's top-1 through the profile's first runtime (for a runtime that is not
-    here, its file on the stand-in), from the stage's own verified rows; {} for float stages,
-    whose torch accuracy is what any runtime gives back (verified at >= 99% agreement)."""
+def _record(folder: Path, name: str) -> dict:
     import json
 
-    record = folder / "quantize.json"
-    if stage != "quantize" or not record.is_file():
+    path = folder / name
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _quantize_row(folder: Path, prof) -> dict | None:
+    """A quantize stage's verified row for the profile's first runtime (its quantize.json)."""
+    return next((r for r in _record(folder, "quantize.json").get("rows", []) if r["backend"] == prof.runtimes[0]),
+                None)
+
+
+def _deployed_score(stage: str, folder: Path, prof) -> dict:
+    """A quantize stage's top-1 through the profile's first runtime (for a runtime that is not
+    here, its file on the stand-in); {} for float stages, whose torch accuracy is what the
+    runtimes give back (verified at >= 99% agreement)."""
+    r = _quantize_row(folder, prof) if stage == "quantize" else None
+    if r is None:
         return {}
-    rows = json.loads(record.read_text()).get("rows", [])
-    first = prof.runtimes[0]
-    for r in rows:
-        if r["backend"] != first:
-            continue
-        if r["status"] == "ok" and r.get("top1") is not None:
-            return {"top1": r["top1"], "scored_on": f"{first} {r['precision']} file"}
-        standin = (r.get("details") or {}).get("standin")
-        if standin and standin.get("passed"):
-            return {"top1": round(standin["top1"], 2), "scored_on": f"{first} {r['precision']} file, on the stand-in"}
+    if r["status"] == "ok" and r.get("top1") is not None:
+        return {"top1": r["top1"], "scored_on": f"{r['backend']} {r['precision']} file"}
+    standin = (r.get("details") or {}).get("standin")
+    if standin and standin.get("passed"):
+        return {"top1": round(standin["top1"], 2), "scored_on": f"{r['backend']} {r['precision']} file, on the stand-in"}
     return {}
 
 
 def _stage_latency(stage: str, folder: Path, path: Path, src: "_Source | None", prof) -> dict:
-    """A stage's latency: what the stage measured itself (prune times its model as deployed on
-    the profile's first runtime here, quantize its deployed file there), and the profile's latency model at the precision the
-    stage's model deploys in (a quantize stage: its input's graph, in INT8)."""
-    import json
-
+    """A stage's latency: what the stage measured itself on the profile's first runtime here
+    (prune: its model in the deployed precision; quantize: its deployed file), and the profile's
+    latency model at the precision the stage's model deploys in (a quantize stage: its input's
+    graph, in INT8)."""
     from ..latency import predict_model
 
     out: dict[str, Any] = {}
-    record = folder / "prune.json"
-    qrecord = folder / "quantize.json"
-    if stage == "quantize" and qrecord.is_file():  # its deployed rows, timed briefly
-        r = next((r for r in json.loads(qrecord.read_text()).get("rows", [])
-                  if r["backend"] == prof.runtimes[0] and r["status"] == "ok" and r.get("latency_ms_p50")), None)
-        if r:
-            out["measured_ms"] = r["latency_ms_p50"]
-            out["measured_on"] = f"{r['backend']} {r['precision']}, {r['threads']} thread(s), this host"
-    if stage == "prune" and record.is_file():
-        rows = [r for r in json.loads(record.read_text()).get("latency", []) if r["variant"] == "pruned"]
+    r = None
+    if stage == "quantize":
+        r = _quantize_row(folder, prof)
+        r = r if r and r["status"] == "ok" and r.get("latency_ms_p50") else None
+    elif stage == "prune":
         deployed = "int8" if prof.preferred_precision == "int8" else "fp32"  # what prune deploys in
-        if rows:
-            r = next((r for r in rows if r["precision"] == deployed), rows[0])
-            out["measured_ms"] = r["latency_ms_p50"]
-            out["measured_on"] = f"{r['backend']} {r['precision']}, {r['threads']} thread(s), this host"
+        rows = [r for r in _record(folder, "prune.json").get("latency", []) if r["variant"] == "pruned"]
+        r = next((r for r in rows if r["precision"] == deployed), rows[0] if rows else None)
+    if r:
+        out["measured_ms"] = r["latency_ms_p50"]
+        out["measured_on"] = f"{r['backend']} {r['precision']}, {r['threads']} thread(s), this host"
     precision = prof.preferred_precision
     if stage == "quantize" and "int8" in prof.precisions:
         path, precision = Path(src.path), "int8"
