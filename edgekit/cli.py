@@ -171,11 +171,11 @@ def compress_cmd(model: str = MODEL, data: str = DATA,
 
 
 def _print_compress(res, title: str) -> None:
-    from .pipeline.report import best_artifact
+    from .pipeline.report import best_artifact, stage_status
     from .report import render_rich
 
     for s in res.report["stages"]:
-        out_console.print(f"stage {s['index'] + 1} {s['stage']} (attempt {s['attempt']}): {s['status']}, top-1 "
+        out_console.print(f"stage {s['index'] + 1} {s['stage']} (attempt {s['attempt']}): {stage_status(s)}, top-1 "
                           f"{s['top1']:.2f}% (drop {s['drop']:.2f})", highlight=False)
     rows = [r for r in res.rows if r.status != "unsupported"]
     out_console.print(render_rich(rows, title=title))

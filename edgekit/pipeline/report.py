@@ -56,6 +56,11 @@ def _rows_table(rows: list[dict]) -> list[str]:
     return out
 
 
+def stage_status(s: dict) -> str:
+    """A stage row's status, with why when it was skipped."""
+    return f"{s['status']} ({s['note']})" if s.get("note") else s["status"]
+
+
 def _scored_on(s: dict) -> str:
     return f" ({s['scored_on']}; torch {s['top1_torch']:.2f})" if s.get("scored_on") else ""
 
@@ -103,7 +108,7 @@ def render_report(report: dict) -> str:
            f"| 0 | input | {b.get('arch') or ''} | - | - | {b['top1']:.2f} | 0.00 | {_fmt(b['macs'] and b['macs'] / 1e6, 1)}M | "
            f"{b['params']:,} | {b['size_mb']:.3f} | - | {_predicted(b)} | - |"]
     for s in report["stages"]:
-        md.append(f"| {s['index'] + 1} | {s['stage']} | {_settings(s['settings'])} | {s['attempt']} | {s['status']} | "
+        md.append(f"| {s['index'] + 1} | {s['stage']} | {_settings(s['settings'])} | {s['attempt']} | {stage_status(s)} | "
                   f"{s['top1']:.2f}{_scored_on(s)} | {s['drop']:.2f} | {_fmt(s['macs'] and s['macs'] / 1e6, 1)}M | {s['params']:,} | "
                   f"{s['size_mb']:.3f} | {_measured(s)} | {_predicted(s)} | {s['seconds'] / 60:.1f} |")
     if not report["stages"]:

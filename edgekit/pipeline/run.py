@@ -12,6 +12,7 @@ on the profile's runtimes, with the profile's predicted latency beside the measu
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 from .._io import atomic_write_json, check_out_dir
 from ..errors import InputError
+from ..stages.prune import SameWidths
 from .recipe import MODEL_STAGES, Recipe, default_recipe, load_recipe
 
 __all__ = ["compress", "CompressResult", "STATE_FILE", "PROFILE_DEFAULT"]
@@ -95,7 +97,7 @@ def _run_stage(spec, src: _Source, folder: Path, ctx: dict) -> Path:
               resume=True, progress=progress, seed=recipe.train.seed, timing=light,
               # the stage row needs the pruned model's latency as deployed; the final model is timed
               # on every runtime and precision by the deploy step
-              backends=ctx["profile"].runtimes[:1], latency_precisions=())
+              backends=ctx["profile"].runtimes[:1], latency_precisions=(), skip_if_same_as=ctx.get("same_as"))
         return folder / "model.pt"
     if spec.stage == "distill":
         res = distill(src.path, student=ctx["student"] or spec.student, data=data, out=folder,
@@ -277,14 +279,22 @@ def compress(model: str | Path, *, profile: str, data: str | Path, out: str | Pa
     done = {(r["index"], r["attempt"]): r for r in state["stages"]}
     model_stages = [(i, s) for i, s in enumerate(rec.stages) if s.stage in MODEL_STAGES]
     for n, (i, spec) in enumerate(model_stages, 1):
-        accepted = None
+        accepted, prev = None, None
         for k, attempt in enumerate(_gentler(spec), 1):
             r = done.get((i, k))
             if r is None:
                 folder = out / "stages" / (f"{i + 1:02d}_{spec.stage}" + (f"_try{k}" if k > 1 else ""))
                 log.info("stage %d/%d: %s (attempt %d)", n, len(model_stages), spec.stage, k)
                 t0 = time.time()
-                path = _run_stage(attempt, src, folder, ctx)
+                try:
+                    path = _run_stage(attempt, src, folder, {**ctx, "same_as": prev and prev["model"]})
+                except SameWidths:  # a gentler target rounded onto the same widths: the same model again
+                    shutil.rmtree(folder, ignore_errors=True)
+                    r = {**prev, "attempt": k, "settings": attempt.model_dump(), "status": "skipped",
+                         "note": f"same widths as attempt {prev['attempt']}", "seconds": round(time.time() - t0, 1)}
+                    state["stages"].append(r)
+                    save()
+                    continue
                 info = {**_describe(path, eval_split), **_stage_latency(spec.stage, folder, path, src, prof)}
                 info["top1_torch"] = info["top1"]
                 info.update(_deployed_score(spec.stage, folder, prof))
@@ -300,9 +310,11 @@ def compress(model: str | Path, *, profile: str, data: str | Path, out: str | Pa
             if r["status"] == "ok":
                 accepted = r
                 break
+            if r["status"] != "skipped":
+                prev = r
         if accepted is None:
             for r in state["stages"]:
-                if r["index"] == i:
+                if r["index"] == i and r["status"] != "skipped":
                     r["status"] = "rolled back"
             save()
         else:

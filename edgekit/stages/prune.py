@@ -35,6 +35,16 @@ log = logging.getLogger(__name__)
 DEFAULT_RECOVERY = TrainConfig(epochs=1, lr=0.01, warmup_epochs=0.0)
 
 
+class SameWidths(Exception):
+    """The pruned widths equal those of `skip_if_same_as`: recovery (same seed) would only
+    reproduce that model, so the caller's retry is pointless (channel rounding often maps a
+    gentler target onto the same widths)."""
+
+
+def _widths(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
 @dataclass
 class PruneResult:
     out: Path
@@ -64,14 +74,17 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
           backends: Sequence[str] | str | None = None, threads: Sequence[int] | str | int | None = None,
           compare_rounding: bool = False, latency_precisions: Sequence[str] | None = None,
           limit: int | None = 1000, arch: str | None = None, num_classes: int | None = None,
-          trust_pickle: bool = False, resume: bool = False, progress: bool = True, seed: int = 0, timing=None) -> PruneResult:
+          trust_pickle: bool = False, resume: bool = False, progress: bool = True, seed: int = 0, timing=None,
+          skip_if_same_as: str | Path | None = None) -> PruneResult:
     """Prune `model` (see the module docstring); exactly one of ratio / target_macs /
     target_latency_ms (channels) or sparsity (unstructured). `latency_aware` sets the widths
     from per-layer latencies measured on the first backend (pruning.latency_aware) instead of
     the magnitude ranking, in `latency_precision` (default: the profile's preferred precision,
     else fp32). The latency table times the deployed precision and `latency_precisions` (default
     FP32) on every backend. Writes into `out`: model.pt,
-    train_step<i>/ (recovery runs; `resume=True` continues them), prune.json, report.md."""
+    train_step<i>/ (recovery runs; `resume=True` continues them), prune.json, report.md.
+    `skip_if_same_as` (one-step channel pruning): raise SameWidths, before any recovery, if the
+    pruned model has the widths of that model file."""
     from ..inputs import parse_backends, parse_threads
     from ..models import save_model
     from ..models.stats import count_macs, count_params
@@ -180,6 +193,10 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
             info["allocation"] = (f"latency-aware: lone-convolution table measured on {a.backend} {a.precision.upper()}, "
                                   f"{a.threads} thread(s), "
                                   f"on this machine; {len(a.steps)} greedy steps")
+        if skip_if_same_as is not None and steps == 1 and method == "channels":
+            from ..models import load_model
+            if _widths(res_model) == _widths(load_model(skip_if_same_as).module):
+                raise SameWidths(f"the same widths as {skip_if_same_as}")
         top1 = evaluate_top1(res_model, eval_split, card)[0]
         pruned_top1 = top1 if pruned_top1 is None else pruned_top1
         rec = {"step": i, **info, "top1_pruned": top1}
