@@ -224,3 +224,20 @@ def test_device_that_is_not_here(tmp_path, digits_model):
     assert all(r["details"]["predicted_profile"] == "jetson-orin-nano" for r in rows.values())
     md = (tmp_path / "j" / "report.md").read_text()
     assert "stand-in" in md and "predicted ms (jetson-orin-nano)" in md
+
+
+def test_quantize_stage_for_a_device_is_scored_on_its_file(tmp_path, digits_model):
+    """jetson: the quantize stage's budget check runs its TensorRT file on the stand-in (TensorRT
+    is not here), not the fake-quant torch model; its latency is the profile's prediction."""
+    from edgekit.compress import compress
+    from edgekit.pipeline import Recipe
+
+    res = compress(digits_model, profile="jetson", data="digits", out=tmp_path / "q", limit=100, progress=False,
+                   recipe=Recipe.model_validate({"stages": [{"stage": "quantize", "mode": "ptq"}, {"stage": "export"}]}))
+    (q,) = res.report["stages"]
+    assert q["scored_on"] == "tensorrt int8 file, on the stand-in", q
+    assert q["top1"] > 50 and q["top1_torch"] > 50 and q["drop"] == pytest.approx(
+        res.report["baseline_model"]["top1"] - q["top1"], abs=0.011)
+    assert q.get("measured_ms") is None and q["predicted_ms"] > 0 and q["predicted_precision"] == "int8"
+    md = (tmp_path / "q" / "report.md").read_text()
+    assert "(tensorrt int8 file, on the stand-in; torch" in md
