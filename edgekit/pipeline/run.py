@@ -166,7 +166,8 @@ def _stage_latency(stage: str, folder: Path, path: Path, src: "_Source | None", 
     precision = prof.preferred_precision
     if stage == "quantize" and "int8" in prof.precisions:
         path, precision = Path(src.path), "int8"
-    key = (str(path), Path(path).stat().st_mtime_ns, id(prof), precision)
+    # by content: profiles are rebuilt per run, and a freed one's id() can come back as another's
+    key = (str(path), Path(path).stat().st_mtime_ns, prof.model_dump_json(), precision)
     if key not in _PREDICTED:  # a quantize stage's input was predicted as the stage before's output
         try:
             # the graph as deployed (the exporter the latency model was calibrated on: BN unfused)
