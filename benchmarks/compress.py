@@ -24,7 +24,7 @@ Writes benchmarks/results/compress.{json,md} and compress_<profile>/{report.md,r
     python benchmarks/compress.py [--distill-epochs 10] [--quick]
 
 Distillation defaults to 10 epochs: with the pruned ResNet-56 as teacher an epoch takes about
-6 minutes on 2 cores. benchmarks/distill.py trains the same student for 30 epochs (85.10%), which
+3.5 minutes on 2 cores. benchmarks/distill.py trains the same student for 30 epochs (85.10%), which
 the x86 profile's 1-point budget rolls back just the same.
 """
 
