@@ -136,8 +136,11 @@ def _deployed_score(stage: str, folder: Path, prof) -> dict:
     r = _quantize_row(folder, prof) if stage == "quantize" else None
     if r is None:
         return {}
-    if r["status"] == "ok" and r.get("top1") is not None:
-        return {"top1": r["top1"], "scored_on": f"{r['backend']} {r['precision']} file"}
+    if r["status"] in ("ok", "verification failed") and r.get("top1") is not None:
+        # a file that ran but disagrees with the fake-quant model still has a measured accuracy;
+        # the deploy table shows it as failed, so it is never the artifact picked
+        failed = f", verification failed: {r['details'].get('reason')}" if r["status"] != "ok" else ""
+        return {"top1": r["top1"], "scored_on": f"{r['backend']} {r['precision']} file{failed}"}
     standin = (r.get("details") or {}).get("standin")
     if standin and standin.get("passed"):
         return {"top1": round(standin["top1"], 2), "scored_on": f"{r['backend']} {r['precision']} file, on the stand-in"}
