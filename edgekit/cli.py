@@ -311,6 +311,9 @@ def quantize_cmd(model: str = MODEL, data: str = DATA,
                  alpha: float = typer.Option(0.5, "--alpha", help="Weight of the KD loss with --kd."),
                  profile: Optional[str] = typer.Option(None, "--profile", help="Take runtimes and threads from a hardware profile."),
                  backends: str = typer.Option("torch,onnxruntime,openvino,tensorrt", "--backends"),
+                 activations: str = typer.Option("auto", "--activations", help="signed (TensorRT's INT8), unsigned "
+                                                 "(ReLU outputs on the UINT8 grid ONNX Runtime and OpenVINO run; "
+                                                 "no TensorRT file) or auto: signed when tensorrt is a backend."),
                  threads: str = typer.Option("1", "--threads", help="e.g. 1 or 1,2"),
                  calib: int = typer.Option(512, "--calib", help="Calibration images."),
                  limit: int = LIMIT,
@@ -335,7 +338,7 @@ def quantize_cmd(model: str = MODEL, data: str = DATA,
                    trust_pickle=trust_pickle, config=cfg, kd=kd, temperature=temperature, alpha=alpha,
                    keep_float=parse_list(keep_float), first_last_8bit=not all_low, max_drop=max_drop,
                    calibration_images=calib, limit=_limit(limit), backends=backends, threads=threads,
-                   profile=profile, resume=resume, seed=seed)
+                   profile=profile, resume=resume, seed=seed, activations=activations)
     if not _is_main():
         return
     steps = f"float {res.fp32_top1:.2f}% -> PTQ {res.ptq_top1:.2f}%"

@@ -121,6 +121,8 @@ CASES = {
                              ["10 outputs", "2 classes"]),
     "quantize 3 bits": (["quantize", "{w}", "--arch", "cifar_resnet20", "--data", "digits", "--bits", "3",
                          "--out", "{tmp}/o"], ["--bits 3", "INT8", "W4A8"]),
+    "quantize unknown activations": (["quantize", "{w}", "--arch", "cifar_resnet20", "--data", "digits",
+                                      "--activations", "fp8", "--out", "{tmp}/o"], ["--activations", "signed", "unsigned"]),
     "quantize unknown mode": (["quantize", "{w}", "--arch", "cifar_resnet20", "--data", "digits", "--mode", "fp8",
                                "--out", "{tmp}/o"], ["--mode", "ptq", "qat"]),
     "quantize without images": (["quantize", "{w}", "--arch", "cifar_resnet20", "--data", "{empty}",

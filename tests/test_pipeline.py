@@ -234,6 +234,8 @@ def test_quantize_stage_for_a_device_is_scored_on_its_file(tmp_path, digits_mode
 
     res = compress(digits_model, profile="jetson", data="digits", out=tmp_path / "q", limit=100, progress=False,
                    recipe=Recipe.model_validate({"stages": [{"stage": "quantize", "mode": "ptq"}, {"stage": "export"}]}))
+    assert len(res.report["stages"]) == 1, [(s["stage"], s["status"], s.get("top1"), s.get("note"))
+                                            for s in res.report["stages"]]
     (q,) = res.report["stages"]
     assert q["scored_on"] == "tensorrt int8 file, on the stand-in", q
     assert q["top1"] > 50 and q["top1_torch"] > 50 and q["drop"] == pytest.approx(

@@ -17,7 +17,7 @@ from edgekit.backends.onnxruntime import OrtRunner
 from edgekit.backends.openvino import OvRunner
 from edgekit.bench import TimingConfig
 from edgekit.data import load_dataset
-from edgekit.errors import InputError
+from edgekit.errors import ExportError, InputError
 from edgekit.exporters.qdq import check_tensorrt_rules, export_qdq
 from edgekit.models import get_model
 from edgekit.quant import (QuantConv2d, act_quants, calibrate, fold_batchnorm, plan, prepare,
@@ -38,8 +38,8 @@ def r20(resnet20_path, cifar_dir):
     return loaded.module, card, ds, calib, test, x_test
 
 
-def _ptq(module, bits, calib):
-    q = prepare(copy.deepcopy(module), plan(module, bits), label={8: "int8", 4: "w4a8"}[bits])
+def _ptq(module, bits, calib, unsigned=False):
+    q = prepare(copy.deepcopy(module), plan(module, bits), label={8: "int8", 4: "w4a8"}[bits], unsigned=unsigned)
     calibrate(q, calib)
     return q.eval()
 
@@ -124,6 +124,41 @@ def test_qdq_exports_run_and_agree(r20, tmp_path):
     assert min(agree_ort, trt_on_ort, agree_ov) >= 0.97, (agree_ort, trt_on_ort, agree_ov)
 
 
+def test_unsigned_activations_are_the_grid_onnxruntime_runs(r20, tmp_path):
+    """For ONNX Runtime / OpenVINO, ReLU outputs are trained on [0, 255]: the ONNX Runtime file then
+    holds the torch model's grid exactly (a signed model's UINT8 form lets through values beyond
+    its 127 steps), still runs every conv in an integer kernel, reloads, and has no TensorRT form."""
+    module, card, _, calib, _, x = r20
+    q = _ptq(module, 8, calib, unsigned=True)
+    spec, aqs = q.edgekit_quant, act_quants(q)
+    # relu outputs (and the pooled, flattened one feeding the classifier) are unsigned; the
+    # network input and conv outputs entering a residual add stay signed
+    assert "relu" in spec["unsigned"] and "flatten" in spec["unsigned"]
+    assert "x" not in spec["unsigned"] and "layer1_0_conv2" not in spec["unsigned"]
+    assert (aqs["aq_relu"].qmin, aqs["aq_relu"].qmax, aqs["aq_x"].qmin) == (0, 255, -128)
+    path = export_qdq(q, card, tmp_path / "u.onnx", target="onnxruntime")
+    runner = OrtRunner(path, precision="int8", threads=1)
+    assert runner.executed.startswith("int8: 20/20"), runner.executed
+    with torch.no_grad():
+        ref = q(x).numpy()
+    err = np.abs(runner(x.numpy()) - ref).mean()
+    signed = _ptq(module, 8, calib)
+    with torch.no_grad():
+        ref_s = signed(x).numpy()
+    s_path = export_qdq(signed, card, tmp_path / "s.onnx", target="onnxruntime")
+    err_signed = np.abs(OrtRunner(s_path, precision="int8", threads=1)(x.numpy()) - ref_s).mean()
+    assert err < 0.7 * err_signed, (err, err_signed)
+    assert _agreement(runner(x.numpy()), ref) >= 0.98
+    with pytest.raises(ExportError, match="signed"):
+        export_qdq(q, card, tmp_path / "t.onnx", target="tensorrt")
+    assert "signed INT8 only" in get_backend("tensorrt").unsupported("int8", q)
+    # the checkpoint rebuilds the same unsigned quantizers and outputs
+    back = edgekit.load_model(edgekit.save_model(q, card, tmp_path / "u.pt"))
+    assert back.module.edgekit_quant["unsigned"] == spec["unsigned"]
+    with torch.no_grad():
+        assert torch.allclose(back.module.eval()(x), torch.from_numpy(ref), atol=1e-5)
+
+
 def test_w4a8_exports_smaller_and_runs(r20, tmp_path):
     module, card, _, calib, _, x = r20
     q8, q4 = _ptq(module, 8, calib), _ptq(module, 4, calib)
@@ -159,18 +194,23 @@ def test_qat_beats_ptq_and_checkpoint_reloads(resnet20_path, cifar_dir, tmp_path
     assert res.training is not None and len(res.training.history) == 1
     assert res.final_top1 >= res.ptq_top1, (res.ptq_top1, res.final_top1)
     rows = {r.backend: r for r in res.rows}
-    for name in ("torch", "onnxruntime", "openvino", "onnxruntime (tensorrt-rules file)"):
+    for name in ("torch", "onnxruntime", "openvino"):
         assert rows[name].status == "ok", (name, rows[name].details.get("reason"))
         assert rows[name].precision == "int8"
         assert rows[name].agreement >= 0.97, (name, rows[name].agreement)
     assert rows["onnxruntime"].details["executed"].startswith("int8: 20/20")
-    for f in ("model.pt", "model_int8.onnx", "model_int8_openvino.xml", "model_int8_tensorrt.onnx",
+    # no TensorRT among the backends: ReLU outputs were trained unsigned, which TensorRT cannot
+    # take, and its rules row says so instead of writing a file that would not hold the grid
+    trt = rows["onnxruntime (tensorrt-rules file)"]
+    assert trt.status == "unsupported" and "signed INT8 only" in trt.details["reason"]
+    assert not (tmp_path / "q" / "model_int8_tensorrt.onnx").exists()
+    for f in ("model.pt", "model_int8.onnx", "model_int8_openvino.xml",
               "report.md", "quantize.json", "results.json"):
         assert (tmp_path / "q" / f).exists(), f
     # the checkpoint rebuilds the fake-quant model exactly
     again = edgekit.load_model(tmp_path / "q" / "model.pt")
     x = torch.randn(4, 3, 32, 32)
-    assert again.card.notes["quantization"] == "int8"
+    assert again.card.notes["quantization"] == "int8" and again.card.notes["activations"] == "unsigned"
     original = edgekit.load_model(tmp_path / "q" / "model.pt").module
     assert torch.equal(again.module(x), original(x))
     bench = edgekit.benchmark(tmp_path / "q" / "model.pt", data=cifar_dir, out=tmp_path / "b", limit=200,
@@ -240,9 +280,11 @@ def test_unsupported_layer_is_named():
     assert set(weights) == {"conv", "fc"}
 
 
-def test_relu6_model_runs_in_integer_kernels(cifar_dir, tmp_path):
+@pytest.mark.parametrize("unsigned", [False, True], ids=["signed", "unsigned"])
+def test_relu6_model_runs_in_integer_kernels(cifar_dir, tmp_path, unsigned):
     """MobileNetV2's ReLU6 (ONNX Clip) must not keep ONNX Runtime from fusing its convolutions:
-    all but the last conv (which feeds the float average pool) run as QLinearConv."""
+    all but the last conv (which feeds the float average pool) run as QLinearConv. Unsigned,
+    a ReLU6 output's scale is held at 6/255 at most, so the clip never acts inside the grid."""
     module, card = get_model("cifar_mobilenet_v2:width=0.5", num_classes=10)
     ds = load_dataset(cifar_dir, input_size=tuple(card.input_size))
     calib = [x for x, _ in ds.calibration(128, seed=0).batches(64, mean=card.mean, std=card.std)]
@@ -253,9 +295,15 @@ def test_relu6_model_runs_in_integer_kernels(cifar_dir, tmp_path):
     with torch.no_grad():
         for xb in calib:
             module.train()(xb)
-    q = prepare(copy.deepcopy(module).eval(), plan(module, 8))
+    q = prepare(copy.deepcopy(module).eval(), plan(module, 8), unsigned=unsigned)
     calibrate(q, calib)
     q.eval()
+    capped = [a for a in act_quants(q).values() if a.cap is not None]
+    assert len(capped) == (34 if unsigned else 0)  # ReLU6 outputs feeding a quantized conv
+    for a in capped:  # as if QAT had pushed the scale up: the grid still ends at the clip
+        with torch.no_grad():
+            a.log_scale.add_(3.0)
+        assert float(a.scale) == pytest.approx(6 / 255)
     path = export_qdq(q, card, tmp_path / "mbv2.onnx", target="onnxruntime")
     runner = OrtRunner(path, precision="int8", threads=1)
     fused, total = map(int, runner.executed.split()[1].split("/"))
@@ -264,6 +312,20 @@ def test_relu6_model_runs_in_integer_kernels(cifar_dir, tmp_path):
         ref = q(x).numpy()
     # writing ReLU6 as ReLU adds no error beyond integer rounding: the ONNX Runtime form is as
     # close to the fake-quant model as the exact-grid (TensorRT-rules) file run on the same runtime
+    if unsigned:  # the ONNX Runtime form is the exact grid: every quantized ReLU6 folded
+        g = onnx.load(str(path)).graph
+        clips = {n.output[0] for n in g.node if n.op_type == "Clip"}
+        assert len(clips) == 1  # the last one feeds the float average pool
+        assert not [n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] in clips]
+        # and closer to its torch model than the signed model's ONNX Runtime file is to its own
+        signed = prepare(copy.deepcopy(module).eval(), plan(module, 8))
+        calibrate(signed, calib)
+        with torch.no_grad():
+            ref_s = signed.eval()(x).numpy()
+        s_file = export_qdq(signed, card, tmp_path / "mbv2_s.onnx", target="onnxruntime")
+        err_s = np.abs(OrtRunner(s_file, precision="int8", threads=1)(x.numpy()) - ref_s).mean()
+        assert np.abs(runner(x.numpy()) - ref).mean() < err_s
+        return
     exact = export_qdq(q, card, tmp_path / "mbv2_trt.onnx", target="tensorrt")
     err_ort = np.abs(runner(x.numpy()) - ref).mean()
     err_exact = np.abs(OrtRunner(exact, precision="int8", threads=1)(x.numpy()) - ref).mean()

@@ -38,13 +38,16 @@ class TensorRtBackend(Backend):
         return None
 
     def unsupported(self, precision: str, quant_model=None) -> str | None:
-        from ..quant import int4_convolutions
+        from ..exporters.qdq import UNSIGNED_FOR_TENSORRT
+        from ..quant import int4_convolutions, unsigned_tensors
 
         int4 = int4_convolutions(quant_model)
         if precision == "w4a8" or int4:
             here = f"; {len(int4)} convolutions here have 4-bit weights" if int4 else ""
             return ("TensorRT runs INT4 only as weight-only MatMul/Gemm quantization, not in convolutions"
                     f"{here}: quantize with --bits 8 for TensorRT")
+        if unsigned_tensors(quant_model):
+            return UNSIGNED_FOR_TENSORRT
         return super().unsupported(precision, quant_model)
 
     def export(self, ctx: ExportContext, precision: str) -> Artifact:

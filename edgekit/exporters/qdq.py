@@ -7,15 +7,17 @@ initializer + DequantizeLinear (per output channel, axis 0, zero point 0).
 
 Targets differ only in how the same integer grid is written down:
 - "tensorrt": TensorRT's explicit-quantization rules: signed INT8 activations, zero point 0,
-  symmetric per-channel weights, float bias. This is exactly the torch model's grid; OpenVINO
-  converts this file too.
+  symmetric per-channel weights, float bias. This is exactly the torch model's grid. A model
+  trained with unsigned activations (prepare(unsigned=True)) has no such form and is refused.
 - "onnxruntime": activations as UINT8 and an INT32 bias, the form ONNX Runtime's x86 kernels fuse
   (U8S8 QLinearConv; with signed activations it fused 9 of 20 ResNet-20 convs and ran 2.5x
-  slower). Signed tensors shift to zero point 128 (same values); tensors after a ReLU use zero
-  point 0, which lets ONNX Runtime drop the ReLU into the conv but saturates at 255 steps
-  instead of 127: outliers the torch model clips pass here. A ReLU6 whose bound lies beyond
-  the quantizer's 127 steps is written as a ReLU for the same reason. Measured top-1 agreement with the
-  torch model is reported for every artifact.
+  slower). Unsigned tensors are written as they are (UINT8, zero point 0): exact. Signed tensors
+  shift to zero point 128 (same values), except after a ReLU, where zero point 0 lets ONNX
+  Runtime drop the ReLU into the conv but saturates at 255 steps instead of 127: outliers the
+  signed torch model clips pass here (why a model for these runtimes is trained unsigned). A
+  ReLU6 whose bound lies at or beyond the grid's last step is written as a ReLU for the same
+  fusion. OpenVINO converts this form too. Measured top-1 agreement with the torch model is
+  reported for every artifact.
 4-bit weights are written as opset-21 INT4 initializers.
 """
 
@@ -37,6 +39,9 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["export_qdq", "TARGETS", "float_twin", "check_tensorrt_rules"]
 
 TARGETS = ("tensorrt", "onnxruntime")
+UNSIGNED_FOR_TENSORRT = ("this model was quantized with unsigned activations (for ONNX Runtime / OpenVINO) and "
+                         "TensorRT takes signed INT8 only: quantize again with --activations signed (or a "
+                         "TensorRT profile)")
 
 
 def float_twin(qmodel: "nn.Module") -> tuple["nn.Module", dict[str, dict]]:
@@ -78,8 +83,12 @@ def export_qdq(qmodel: "nn.Module", card: "ModelCard", path: Path, *, target: st
 
     from .onnx import attach_card, export_onnx
 
+    from ..quant import unsigned_tensors
+
     if target not in TARGETS:
         raise ExportError(f"unknown QDQ target {target!r}; valid: {', '.join(TARGETS)}")
+    if target == "tensorrt" and unsigned_tensors(qmodel):
+        raise ExportError(UNSIGNED_FOR_TENSORRT)
     twin, records = float_twin(qmodel)
     int4 = any(r["bits"] == 4 for r in records.values())
     path = Path(path)
@@ -218,17 +227,25 @@ class _Rewriter:
         lo, hi = self._constant(clip.input[1]), self._constant(clip.input[2])
         scale = self._constant(q.input[1])
         users = [n for n in self.graph.node if clip.output[0] in n.input]
+        last_step = 255 if self._unsigned(q) else 127
         if (lo is None or hi is None or scale is None or float(lo) != 0.0
-                or round(float(hi) / float(scale)) < 127 or any(u.op_type != "QuantizeLinear" for u in users)):
+                or round(float(hi) / float(scale)) < last_step or any(u.op_type != "QuantizeLinear" for u in users)):
             return False
         clip.op_type = "Relu"
         del clip.input[1:]
         return True
 
+    def _unsigned(self, q) -> bool:
+        zp = self._constant(q.input[2]) if len(q.input) > 2 else None
+        return zp is not None and zp.dtype == np.uint8
+
     def _retype_activations(self) -> None:
         """INT8 zero point 0 -> UINT8 zero point 0 (after a ReLU) or 128 (signed tensors): the
-        same grid, in the form ONNX Runtime's x86 kernels fuse."""
+        same grid, in the form ONNX Runtime's x86 kernels fuse. Unsigned tensors already are."""
         for q in [n for n in self.graph.node if n.op_type == "QuantizeLinear"]:
+            if self._unsigned(q):
+                self._clip_to_relu(q)
+                continue
             src = self.producer.get(q.input[0])
             relu = (src is not None and src.op_type == "Relu") or self._clip_to_relu(q)
             zp = np.array(0 if relu else 128, np.uint8)

@@ -68,6 +68,8 @@ class QuantizeStage(_Strict):
     epochs: int = Field(1, ge=1)
     lr: float = Field(0.001, gt=0)
     kd: bool = False
+    #: auto: signed INT8 activations when the profile runs TensorRT, else ReLU outputs unsigned
+    activations: Literal["auto", "signed", "unsigned"] = "auto"
 
 
 class DeployStage(_Strict):

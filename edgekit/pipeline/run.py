@@ -81,7 +81,7 @@ def _run_stage(spec, src: _Source, folder: Path, ctx: dict) -> Path:
     """One model stage into `folder`; returns the path of its output model."""
     from ..bench import TimingConfig
     from ..stages import distill, finetune, prune, quantize
-    from ..stages.quantize import QAT_GRAD_CLIP
+    from ..stages.quantize import QAT_GRAD_CLIP, unsigned_activations
 
     recipe, data, progress = ctx["recipe"], ctx["data"], ctx["progress"]
     light = TimingConfig(warmup=2, iters=10, passes=2, throughput_iters=1)
@@ -112,7 +112,10 @@ def _run_stage(spec, src: _Source, folder: Path, ctx: dict) -> Path:
                    # the budget is checked on the deployed runtime's file (_deployed_score), not the
                    # fake-quant torch model: integer rounding in the runtime flips low-margin images
                    backends=ctx["profile"].runtimes[:1], threads=ctx["profile"].threads[:1], timing=light, resume=True,
-                   progress=progress, seed=recipe.train.seed, tensorrt_rules_row=False)
+                   progress=progress, seed=recipe.train.seed, tensorrt_rules_row=False,
+                   # the grid follows every runtime of the profile, not only the one scored here
+                   activations=("unsigned" if unsigned_activations(spec.activations, ctx["profile"].runtimes)
+                                else "signed"))
     return res.model_path
 
 

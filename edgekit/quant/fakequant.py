@@ -5,9 +5,13 @@ Scales are trained in the log domain (as in TQT, Jain et al. 2020) with LSQ's gr
 rates and the model diverged within a few batches; in log space a step is relative to the scale.
 
 Symmetric per-output-channel weights and symmetric per-tensor signed activations are what
-TensorRT's explicit quantization accepts, and what ONNX Runtime and OpenVINO run as INT8; the
-same code does 4-bit weights, which no library offers for convolutions. Scales are trainable
-parameters, so QAT adapts the clipping ranges as well as the weights.
+TensorRT's explicit quantization accepts. ONNX Runtime's and OpenVINO's x86 kernels take
+unsigned activations (U8S8): a tensor that cannot be negative (after a ReLU) is then better
+quantized on [0, 255], twice the steps, and that is the grid those runtimes execute, so the
+torch model must be trained on it too (a signed-trained tensor written as UINT8 lets through
+values the torch model clipped). The same code does 4-bit weights, which no library offers for
+convolutions. Scales are trainable parameters, so QAT adapts the clipping ranges as well as
+the weights.
 """
 
 from __future__ import annotations
@@ -19,8 +23,11 @@ from torch import nn
 __all__ = ["fake_quant", "qrange", "ActQuant", "QuantConv2d", "QuantLinear", "QUANT_LAYERS"]
 
 
-def qrange(bits: int, *, narrow: bool) -> tuple[int, int]:
-    """(qmin, qmax) of a signed `bits` integer; `narrow` drops -2^(b-1) (symmetric weights)."""
+def qrange(bits: int, *, narrow: bool = False, unsigned: bool = False) -> tuple[int, int]:
+    """(qmin, qmax) of a signed (or unsigned) `bits` integer; `narrow` drops -2^(b-1)
+    (symmetric weights)."""
+    if unsigned:
+        return 0, 2 ** bits - 1
     qmax = 2 ** (bits - 1) - 1
     return (-qmax if narrow else -qmax - 1), qmax
 
@@ -60,16 +67,22 @@ def _mse_scale(x: torch.Tensor, qmin: int, qmax: int, dim: int | None = None) ->
 
 
 class ActQuant(nn.Module):
-    """Per-tensor symmetric signed activation quantizer (zero point 0), learned scale.
+    """Per-tensor activation quantizer, zero point 0, learned scale: signed, or unsigned for a
+    tensor that cannot be negative.
+
+    `cap`: the upper bound of a clip producing the tensor (ReLU6: 6). The scale is held at or
+    below cap / qmax, so the grid saturates where the clip does and an exporter may drop the
+    clip (a runtime fuses a ReLU into the conv, not a Clip inside the grid); calibration never
+    picks a larger scale anyway, this keeps QAT from drifting there.
 
     Calibration (`observing = True`) keeps a sample of the values seen; `calibrate()` then sets
     the scale that minimises the quantization error on that sample.
     """
 
-    def __init__(self, bits: int = 8) -> None:
+    def __init__(self, bits: int = 8, *, unsigned: bool = False, cap: float | None = None) -> None:
         super().__init__()
-        self.bits = bits
-        self.qmin, self.qmax = qrange(bits, narrow=False)
+        self.bits, self.unsigned, self.cap = bits, unsigned, cap
+        self.qmin, self.qmax = qrange(bits, unsigned=unsigned)
         self.log_scale = nn.Parameter(torch.tensor(0.0))
         self.observing = False
         #: a python float when exporting (a constant to the exporter, not a traced tensor)
@@ -86,11 +99,16 @@ class ActQuant(nn.Module):
             self._seen.append(flat.cpu())
             return x
         g = 1.0 / (x[0].numel() * self.qmax) ** 0.5 if self.training else 1.0
-        return fake_quant(x, self.log_scale, self.qmin, self.qmax, g)
+        return fake_quant(x, self._log_scale(), self.qmin, self.qmax, g)
+
+    def _log_scale(self) -> torch.Tensor:
+        if self.cap is None:
+            return self.log_scale
+        return torch.clamp(self.log_scale, max=float(torch.tensor(self.cap / self.qmax).log()))
 
     @property
     def scale(self) -> torch.Tensor:
-        return self.log_scale.detach().exp()
+        return self._log_scale().detach().exp()
 
     @torch.no_grad()
     def calibrate(self) -> None:
@@ -100,7 +118,7 @@ class ActQuant(nn.Module):
         self.observing = False
 
     def extra_repr(self) -> str:
-        return f"int{self.bits}, scale={float(self.scale):.4g}"
+        return f"{'u' if self.unsigned else ''}int{self.bits}, scale={float(self.scale):.4g}"
 
 
 class _QuantWeight(nn.Module):

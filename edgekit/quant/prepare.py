@@ -7,6 +7,9 @@ bit widths, put activation quantizers on the tensors the deployed graph quantize
   or a residual add gets one ActQuant, shared by those consumers. That is the placement runtimes
   fuse: ONNX Runtime turns DQ -> Conv -> (Relu) -> Q into QLinearConv and quantized adds into
   QLinearAdd; OpenVINO and TensorRT run the add in INT8 instead of re-quantizing around it.
+- With `unsigned=True` (the model is for ONNX Runtime / OpenVINO, not TensorRT), a tensor that
+  cannot be negative (a ReLU's output, or a pool / flatten of one) gets an unsigned quantizer:
+  the UINT8 grid those runtimes execute, with twice the steps of the signed one.
 - The result is a torch.fx GraphModule with the original module hierarchy (so parameter names and
   the model card still apply) plus `aq_<tensor>` quantizers; `QuantSpec` records all of it, and
   `rebuild` redoes it on a freshly built arch to load a checkpoint.
@@ -14,6 +17,7 @@ bit widths, put activation quantizers on the tensors the deployed graph quantize
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import Iterable
 
@@ -25,7 +29,7 @@ from ..errors import InputError
 from .fakequant import QUANT_LAYERS, ActQuant, QuantConv2d, QuantLinear
 
 __all__ = ["QuantSpec", "fold_batchnorm", "plan", "prepare", "calibrate", "is_quantized", "quant_layers",
-           "act_quants", "int4_convolutions", "rebuild", "spec_of", "SPEC_ATTR"]
+           "act_quants", "int4_convolutions", "unsigned_tensors", "rebuild", "spec_of", "SPEC_ATTR"]
 
 SPEC_ATTR = "edgekit_quant"
 _UNSUPPORTED = (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -41,6 +45,8 @@ class QuantSpec(BaseModel):
     act_bits: int = 8
     #: fx node names of the quantized activation tensors
     tensors: list[str] = Field(default_factory=list)
+    #: those of them quantized unsigned ([0, 2^bits - 1]); the rest are signed
+    unsigned: list[str] = Field(default_factory=list)
     folded_bn: list[str] = Field(default_factory=list)
     #: the precision name in tables: int8, w4a8 or mixed
     label: str = "int8"
@@ -123,10 +129,62 @@ def _is_add(node: fx.Node) -> bool:
             or (node.op == "call_method" and node.target in ("add", "add_")))
 
 
+_RELUS = (nn.ReLU, nn.ReLU6)
+_RELU_FNS = (torch.relu, torch.relu_, torch.nn.functional.relu, torch.nn.functional.relu6)
+#: ops whose output is non-negative when their (first) input is
+_KEEPS_SIGN_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten,
+                       nn.Dropout)
+_KEEPS_SIGN_FNS = (torch.flatten, torch.nn.functional.max_pool2d, torch.nn.functional.avg_pool2d,
+                   torch.nn.functional.adaptive_avg_pool2d, torch.nn.functional.adaptive_max_pool2d,
+                   torch.nn.functional.dropout, torch.mean)
+_KEEPS_SIGN_METHODS = ("flatten", "view", "reshape", "mean", "squeeze", "contiguous")
+
+
+def _clip_bounds(node: fx.Node, mods: dict[str, nn.Module]) -> tuple[float, float] | None:
+    """(lower, upper) of a ReLU-like op (upper inf for a plain ReLU), else None."""
+    if node.op == "call_module":
+        m = mods.get(node.target)
+        if isinstance(m, nn.ReLU6):
+            return 0.0, 6.0
+        if isinstance(m, nn.ReLU):
+            return 0.0, math.inf
+        if isinstance(m, nn.Hardtanh) and m.min_val >= 0:
+            return float(m.min_val), float(m.max_val)
+        return None
+    if node.op == "call_function" and node.target in _RELU_FNS:
+        return (0.0, 6.0) if node.target is torch.nn.functional.relu6 else (0.0, math.inf)
+    if node.op == "call_method" and node.target in ("relu", "relu_"):
+        return 0.0, math.inf
+    if (node.op == "call_function" and node.target is torch.nn.functional.hardtanh) or (
+            node.op in ("call_function", "call_method") and node.target in (torch.clamp, torch.clip, "clamp", "clip")):
+        args = list(node.args[1:]) + [None, None]
+        lo = node.kwargs.get("min", node.kwargs.get("min_val", args[0]))
+        hi = node.kwargs.get("max", node.kwargs.get("max_val", args[1]))
+        if node.target is torch.nn.functional.hardtanh:
+            lo = -1.0 if lo is None else lo
+            hi = 1.0 if hi is None else hi
+        if isinstance(lo, (int, float)) and lo >= 0:
+            return float(lo), float(hi) if isinstance(hi, (int, float)) else math.inf
+    return None
+
+
+def _non_negative(node: fx.Node, mods: dict[str, nn.Module]) -> bool:
+    """Can this tensor never be negative? ReLU-like ops, and pools / reshapes of them."""
+    if _clip_bounds(node, mods) is not None:
+        return True
+    src = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+    keeps = ((node.op == "call_module" and isinstance(mods.get(node.target), _KEEPS_SIGN_MODULES))
+             or (node.op == "call_function" and node.target in _KEEPS_SIGN_FNS)
+             or (node.op == "call_method" and node.target in _KEEPS_SIGN_METHODS))
+    return src is not None and keeps and _non_negative(src, mods)
+
+
 def _quantize_tensors(gm: fx.GraphModule, layers: set[str], act_bits: int,
-                      tensors: list[str] | None) -> list[str]:
+                      tensors: list[str] | None, unsigned: bool | list[str]) -> tuple[list[str], list[str]]:
     """Insert one ActQuant per chosen tensor, used by its quantized consumers. `tensors` replays
-    a stored choice (by node name); None chooses: inputs of quantized layers and of adds."""
+    a stored choice (by node name); None chooses: inputs of quantized layers and of adds.
+    `unsigned`: True quantizes the non-negative ones unsigned; a list replays a stored choice.
+    Returns (tensors, unsigned tensors)."""
     def consumers(node: fx.Node) -> list[fx.Node]:
         return [u for u in node.users
                 if (u.op == "call_module" and u.target in layers and u.args and u.args[0] is node)
@@ -141,17 +199,22 @@ def _quantize_tensors(gm: fx.GraphModule, layers: set[str], act_bits: int,
             raise InputError(f"the quantized checkpoint does not match this model's graph (no tensor "
                              f"{missing[0]!r}): was it saved by another edgekit or model version?")
         chosen = [nodes[t] for t in tensors]
+    mods = dict(gm.named_modules())
+    if isinstance(unsigned, bool):
+        unsigned = [n.name for n in chosen if _non_negative(n, mods)] if unsigned else []
     for node in chosen:
         users = consumers(node)
         name = f"aq_{node.name}"
-        gm.add_submodule(name, ActQuant(act_bits))
+        bounds = _clip_bounds(node, mods)
+        cap = bounds[1] if node.name in unsigned and bounds and math.isfinite(bounds[1]) else None
+        gm.add_submodule(name, ActQuant(act_bits, unsigned=node.name in unsigned, cap=cap))
         with gm.graph.inserting_after(node):
             q = gm.graph.call_module(name, (node,))
         for u in users:
             u.replace_input_with(node, q)
     gm.graph.lint()
     gm.recompile()
-    return [n.name for n in chosen]
+    return [n.name for n in chosen], list(unsigned)
 
 
 def _drop_identities(gm: fx.GraphModule) -> None:
@@ -168,9 +231,10 @@ def _drop_identities(gm: fx.GraphModule) -> None:
 
 
 def prepare(model: nn.Module, weights: dict[str, int], *, act_bits: int = 8, label: str = "int8",
-            tensors: list[str] | None = None) -> fx.GraphModule:
+            tensors: list[str] | None = None, unsigned: bool | list[str] = False) -> fx.GraphModule:
     """Fold BN, swap the planned layers for fake-quant ones, quantize their input tensors (and
-    residual adds'). The caller calibrates. `model` itself is modified (BN folded)."""
+    residual adds'). The caller calibrates. `model` itself is modified (BN folded).
+    `unsigned=True`: non-negative tensors on the unsigned grid (not for TensorRT)."""
     folded = fold_batchnorm(model)
     gm = _trace(model)
     _drop_identities(gm)
@@ -180,8 +244,9 @@ def prepare(model: nn.Module, weights: dict[str, int], *, act_bits: int = 8, lab
         if cls is None:
             raise InputError(f"layer {name} ({type(layer).__name__}) cannot be quantized")
         gm.set_submodule(name, cls.from_float(layer, b))
-    chosen = _quantize_tensors(gm, set(weights), act_bits, tensors)
-    spec = QuantSpec(weights=dict(weights), act_bits=act_bits, tensors=chosen, folded_bn=folded, label=label)
+    chosen, uns = _quantize_tensors(gm, set(weights), act_bits, tensors, unsigned)
+    spec = QuantSpec(weights=dict(weights), act_bits=act_bits, tensors=chosen, unsigned=uns, folded_bn=folded,
+                     label=label)
     setattr(gm, SPEC_ATTR, spec.model_dump())
     return gm
 
@@ -190,7 +255,7 @@ def rebuild(model: nn.Module, spec: dict) -> fx.GraphModule:
     """A freshly built float arch -> the quantized structure a stored spec describes (load its
     state_dict afterwards)."""
     s = QuantSpec.model_validate(spec)
-    return prepare(model, s.weights, act_bits=s.act_bits, label=s.label, tensors=s.tensors)
+    return prepare(model, s.weights, act_bits=s.act_bits, label=s.label, tensors=s.tensors, unsigned=s.unsigned)
 
 
 def spec_of(model: nn.Module) -> QuantSpec | None:
@@ -204,6 +269,12 @@ def is_quantized(model: nn.Module) -> bool:
 
 def quant_layers(model: nn.Module) -> dict[str, QuantConv2d | QuantLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, (QuantConv2d, QuantLinear))}
+
+
+def unsigned_tensors(model: nn.Module | None) -> list[str]:
+    """The activation tensors quantized unsigned: TensorRT takes signed INT8 only."""
+    spec = spec_of(model) if model is not None else None
+    return list(spec.unsigned) if spec else []
 
 
 def int4_convolutions(model: nn.Module | None) -> list[str]:

@@ -22,7 +22,7 @@ from ..train import Supervised, TrainConfig, TrainResult, train
 from ..train.engine import evaluate_top1
 from ._common import load_for_training, splits
 
-__all__ = ["quantize", "QuantizeResult", "DEFAULT_QAT_CONFIG"]
+__all__ = ["quantize", "QuantizeResult", "DEFAULT_QAT_CONFIG", "unsigned_activations", "ACTIVATIONS"]
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +65,15 @@ def quantize(model: str | Path, *, data: str | Path, out: str | Path, mode: str 
              backends: Sequence[str] | str = ("torch", "onnxruntime", "openvino", "tensorrt"),
              threads: Sequence[int] | str | int = (1,), timing=None, tolerance=None, profile: str | None = None,
              resume: bool = False, progress: bool = True, seed: int = 0,
-             tensorrt_rules_row: bool = True) -> QuantizeResult:
+             tensorrt_rules_row: bool = True, activations: str = "auto") -> QuantizeResult:
     """Quantize `model` on `data` and deploy it; see the module docstring. Writes into `out`:
     model.pt (the quantized checkpoint, loadable by every edgekit command), the runtime
     artifacts with their cards, results.* (the benchmark table), quantize.json, report.md and,
     for QAT, train/ (the training run; `resume=True` continues it). `tensorrt_rules_row`: also
-    write the TensorRT-rules file and run it here when no TensorRT bundle is planned."""
+    write the TensorRT-rules file and run it here when no TensorRT bundle is planned.
+    `activations`: "signed" (TensorRT's INT8), "unsigned" (non-negative tensors on the UINT8 grid
+    ONNX Runtime and OpenVINO execute; no TensorRT file) or "auto" (signed when TensorRT is
+    among the backends)."""
     from ..backends import get_backend
     from ..benchmark import Prepared, _Entry, _plan, run_entries
     from ..inputs import parse_backends, parse_threads
@@ -92,6 +95,7 @@ def quantize(model: str | Path, *, data: str | Path, out: str | Path, mode: str 
         prof = get_profile(profile)
         backends, threads = prof.runtimes, prof.threads
     backends, threads = parse_backends(backends), parse_threads(threads)
+    unsigned = unsigned_activations(activations, backends)
     out = check_out_dir(Path(out))
     cfg = config or DEFAULT_QAT_CONFIG
     cfg = cfg.model_copy(update={"seed": seed}) if config is None else cfg
@@ -115,8 +119,8 @@ def quantize(model: str | Path, *, data: str | Path, out: str | Path, mode: str 
     if max_drop is not None:
         def score(m):
             return evaluate_top1(m, calib_split, card)[0]
-        base, layer_sens = scan(module, weights, calib, score)
-        weights, drop, raised = choose(module, weights, layer_sens, base, max_drop, calib, score)
+        base, layer_sens = scan(module, weights, calib, score, unsigned=unsigned)
+        weights, drop, raised = choose(module, weights, layer_sens, base, max_drop, calib, score, unsigned=unsigned)
         sens = [s.to_dict() for s in layer_sens]
         if raised:
             label = "mixed"
@@ -125,12 +129,13 @@ def quantize(model: str | Path, *, data: str | Path, out: str | Path, mode: str 
                              "raised to float; allow a larger drop")
         log.info("mixed precision: %d layers raised, PTQ drop %.2f on the calibration images", len(raised), drop)
 
-    q = prepare(copy.deepcopy(module), weights, label=label)
+    q = prepare(copy.deepcopy(module), weights, label=label, unsigned=unsigned)
     calibrate(q, calib())
     fp32_top1 = evaluate_top1(float_model, eval_split, card)[0]
     ptq_top1 = evaluate_top1(q, eval_split, card)[0]
     qcard = card.with_(source=f"{card.source}; edgekit {mode} {label} on {ds.name}",
-                       notes={**card.notes, "quantization": label, "quant_mode": mode})
+                       notes={**card.notes, "quantization": label, "quant_mode": mode,
+                              "activations": "unsigned" if unsigned else "signed"})
     training = None
     if mode == "qat":
         from .distill import DistillObjective
@@ -156,13 +161,27 @@ def quantize(model: str | Path, *, data: str | Path, out: str | Path, mode: str 
         extra = [(trt, lambda stage: _tensorrt_file(q, qcard, stage, label))]
     res = run_entries(prep, entries, out, threads=threads, timing=timing, tolerance=tolerance, progress=progress,
                       title=f"edgekit quantize ({mode} {label})", seed=seed,
-                      env_extra={"model": str(model), "data": str(data), "mode": mode, "precision": label},
+                      env_extra={"model": str(model), "data": str(data), "mode": mode, "precision": label,
+                                 "activations": "unsigned" if unsigned else "signed"},
                       extra=extra)
     result = QuantizeResult(out, model_path, label, fp32_top1, ptq_top1, final_top1, len(eval_split),
                             res.rows, sens, raised, drop, training)
     atomic_write_json(out / "quantize.json", result.to_dict())
     atomic_write_text(out / "report.md", _report(result, mode, res.markdown(f"Deployed artifacts ({label})")))
     return result
+
+
+ACTIVATIONS = ("auto", "signed", "unsigned")
+
+
+def unsigned_activations(activations: str, runtimes: Sequence[str]) -> bool:
+    """Whether to quantize non-negative activations unsigned: "auto" does unless TensorRT (signed
+    INT8 only) is among the runtimes the model is for."""
+    if activations not in ACTIVATIONS:
+        raise InputError(f"--activations {activations!r} is not supported: use {', '.join(ACTIVATIONS)}")
+    if activations == "auto":
+        return "tensorrt" not in runtimes
+    return activations == "unsigned"
 
 
 def _tensorrt_file(q, card, stage: Path, label: str):
