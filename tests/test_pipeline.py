@@ -232,8 +232,9 @@ def test_quantize_stage_for_a_device_is_scored_on_its_file(tmp_path, digits_mode
     from edgekit.compress import compress
     from edgekit.pipeline import Recipe
 
+    # a budget this test is not about: on 100 images, 2 flipped ones would make it retry
     res = compress(digits_model, profile="jetson", data="digits", out=tmp_path / "q", limit=100, progress=False,
-                   recipe=Recipe.model_validate({"stages": [{"stage": "quantize", "mode": "ptq"}, {"stage": "export"}]}))
+                   max_drop=50.0, recipe=Recipe.model_validate({"stages": [{"stage": "quantize", "mode": "ptq"}, {"stage": "export"}]}))
     assert len(res.report["stages"]) == 1, [(s["stage"], s["status"], s.get("top1"), s.get("note"))
                                             for s in res.report["stages"]]
     (q,) = res.report["stages"]
