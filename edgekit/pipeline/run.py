@@ -145,8 +145,10 @@ def _deployed_score(stage: str, folder: Path, prof) -> dict:
         failed = f", verification failed: {r['details'].get('reason')}" if r["status"] != "ok" else ""
         return {"top1": r["top1"], "scored_on": f"{r['backend']} {r['precision']} file{failed}"}
     standin = (r.get("details") or {}).get("standin")
-    if standin and standin.get("passed"):
-        return {"top1": round(standin["top1"], 2), "scored_on": f"{r['backend']} {r['precision']} file, on the stand-in"}
+    if standin and standin.get("top1") is not None:  # ran on the stand-in, whether or not it agreed
+        failed = "" if standin.get("passed") else f", verification failed: {standin.get('reason')}"
+        return {"top1": round(standin["top1"], 2),
+                "scored_on": f"{r['backend']} {r['precision']} file, on the stand-in{failed}"}
     return {}
 
 
