@@ -25,7 +25,6 @@ from _common import CIFAR, RESULTS, WORK, distilled_student, require_shared, wei
 
 import edgekit
 from edgekit._io import atomic_write_json, atomic_write_text
-from edgekit.backends import get_backend
 from edgekit.backends.onnxruntime import OrtRunner
 from edgekit.backends.openvino import OvRunner
 from edgekit.bench import TimingConfig, time_runners
@@ -94,7 +93,6 @@ def main() -> None:
             if row["runtime"] == "onnxruntime":
                 t = timed[0 if row["activations"] == "signed" else 1]
                 row["p50_ms_1t"], row["p90_ms_1t"] = round(t.latency_ms_p50, 3), round(t.latency_ms_p90, 3)
-    trt = get_backend("tensorrt")
     env = environment(args=vars(args))
     atomic_write_json(RESULTS / "activations.json", {"rows": rows, "environment": env})
     md = ["# Signed vs unsigned activations (PTQ INT8, same model and calibration)", "",
@@ -110,7 +108,7 @@ def main() -> None:
     md += [f"| {r['model']} | {r['activations']} | {r['unsigned_tensors']} | {r['runtime']} | {r['torch_top1']:.2f} | "
            f"{r['top1']:.2f} | {r['agreement']:.2f} | {r['executed']} | "
            f"{str(r['p50_ms_1t']) + ' / ' + str(r['p90_ms_1t']) if 'p50_ms_1t' in r else '-'} |" for r in rows]
-    md += ["", f"An unsigned model has no TensorRT file ({trt.name}: \"signed INT8 only\"); `--activations auto` "
+    md += ["", "An unsigned model has no TensorRT file (TensorRT takes signed INT8 only); `--activations auto` "
            "trains unsigned only when TensorRT is not among the targets.", "",
            f"CPU {env['cpu']['model']}; torch {env['versions']['torch']}, onnxruntime {env['versions']['onnxruntime']}, "
            f"openvino {env['versions']['openvino']}; {env['date']}.", ""]

@@ -24,7 +24,7 @@ from _common import CIFAR, RESULTS, WORK, require_shared
 import edgekit
 from edgekit._io import atomic_write_json, atomic_write_text
 from edgekit.backends.onnxruntime import OrtRunner
-from edgekit.backends.openvino import OvRunner, executed_precision
+from edgekit.backends.openvino import OvRunner, default_inference_precision, executed_precision
 from edgekit.bench import TimingConfig, time_runners
 from edgekit.data import load_dataset
 from edgekit.env import environment
@@ -52,9 +52,10 @@ def main() -> None:
         if (folder / f"model_{prec}_tensorrt.onnx").exists():
             runners["onnxruntime, TensorRT-rules file (INT8)"] = OrtRunner(
                 folder / f"model_{prec}_tensorrt.onnx", precision=prec, threads=1)
-        # OvRunner hints f32 for an "fp32" row and leaves other rows at the CPU's default (bf16 here)
+        # the CPU's default hint (bf16 here) against f32, whatever edgekit picks for this precision
         xml = folder / f"model_{prec}_openvino.xml"
-        ov = {None: OvRunner(xml, precision=prec, threads=1), "f32": OvRunner(xml, precision="fp32", threads=1)}
+        ov = {None: OvRunner(xml, precision=prec, threads=1, hint=default_inference_precision()),
+              "f32": OvRunner(xml, precision=prec, threads=1, hint="f32")}
         runners.update({f"openvino, {'default' if h is None else h + ' hint'}": r for h, r in ov.items()})
         timed = time_runners(list(ov.values()), x[:1].numpy(), TimingConfig(warmup=20, iters=args.iters, passes=6,
                                                                             throughput_iters=0))

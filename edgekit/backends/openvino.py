@@ -2,11 +2,10 @@
 
 On CPUs with AVX-512 BF16/AMX, OpenVINO silently runs float models in bf16. FP32 rows are
 therefore compiled with INFERENCE_PRECISION_HINT=f32. So are INT8 rows: their convolutions run
-in u8 either way (same latency, measured on the compress benchmark's ResNet-56), and the float
-parts between them (requantization, bias, pooling) in bf16 flipped 0.4% more top-1 predictions
-against the fake-quant model (98.65% vs 99.05% agreement). FP16, W4A8 and mixed rows run with the
-device default (W4A8's decompressed convolutions in bf16 were 1.5x faster than in f32), and
-every runner reports what actually executed.
+in u8 either way, and bf16 in the float parts between them (requantization, bias, pooling) adds
+rounding the fake-quant model does not have, which flips low-margin predictions. FP16, W4A8 and
+mixed rows run with the device default (W4A8's decompressed convolutions are much faster in
+bf16: benchmarks/results/agreement.md), and every runner reports what actually executed.
 """
 
 from __future__ import annotations
@@ -31,12 +30,15 @@ def _core():
 class OvRunner:
     backend = "openvino"
 
-    def __init__(self, path: Path, *, precision: str, threads: int) -> None:
+    def __init__(self, path: Path, *, precision: str, threads: int, hint: str | None = None) -> None:
+        """`hint`: an INFERENCE_PRECISION_HINT to use instead of edgekit's choice (f32 for FP32
+        and INT8 rows, the device default otherwise)."""
         core = _core()
         config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
                   "NUM_STREAMS": 1}
-        if precision in ("fp32", "int8"):
-            config["INFERENCE_PRECISION_HINT"] = "f32"
+        hint = hint or ("f32" if precision in ("fp32", "int8") else None)
+        if hint:
+            config["INFERENCE_PRECISION_HINT"] = hint
         self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.precision = precision

@@ -16,6 +16,8 @@ the weights.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -104,7 +106,7 @@ class ActQuant(nn.Module):
     def _log_scale(self) -> torch.Tensor:
         if self.cap is None:
             return self.log_scale
-        return torch.clamp(self.log_scale, max=float(torch.tensor(self.cap / self.qmax).log()))
+        return torch.clamp(self.log_scale, max=math.log(self.cap / self.qmax))
 
     @property
     def scale(self) -> torch.Tensor:

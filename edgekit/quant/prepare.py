@@ -129,7 +129,6 @@ def _is_add(node: fx.Node) -> bool:
             or (node.op == "call_method" and node.target in ("add", "add_")))
 
 
-_RELUS = (nn.ReLU, nn.ReLU6)
 _RELU_FNS = (torch.relu, torch.relu_, torch.nn.functional.relu, torch.nn.functional.relu6)
 #: ops whose output is non-negative when their (first) input is
 _KEEPS_SIGN_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten,
