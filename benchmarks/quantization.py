@@ -40,7 +40,12 @@ from edgekit.verify import accuracy, predict
 
 WORKQ = WORK / "quant"
 CALIB = 512
+# ONNX Runtime and OpenVINO rows use the product default for their backends (auto: unsigned
+# activations, the UINT8 grid they execute); TensorRT runs signed INT8 only, so its file comes
+# from a second INT8 QAT run with signed activations, as `--backends tensorrt` would train it.
+SIGNED = "edgekit int8 QAT signed"
 TRAIN_LIMIT = None  # --train-limit, for a quick smoke run of the whole script
+STUDENT_EPOCHS = 8  # --student-epochs: the MobileNetV2 trained here when no distilled student exists
 
 
 def float_model(name: str, epochs: int) -> Path:
@@ -53,7 +58,7 @@ def float_model(name: str, epochs: int) -> Path:
     if student:  # one more float epoch: the compute-matched control for 1 QAT epoch
         src, cfg = student, TrainConfig(epochs=1, lr=0.005, seed=0, train_limit=TRAIN_LIMIT)
     else:
-        src, cfg = "cifar_mobilenet_v2:width=0.5", TrainConfig(epochs=max(epochs, 5), lr=0.05, warmup_epochs=1,
+        src, cfg = "cifar_mobilenet_v2:width=0.5", TrainConfig(epochs=STUDENT_EPOCHS, lr=0.05, warmup_epochs=1,
                                                                 seed=0, train_limit=TRAIN_LIMIT)
     folder = WORKQ / ("mobilenet_v2_fp32" + (f"_from_{student.parent.name}" if student else ""))
     res = finetune(src, data=CIFAR, out=folder, config=cfg, resume=True)
@@ -71,10 +76,12 @@ def edgekit_runs(name: str, fp32: Path, qat_epochs: int, max_drop: float, kd: bo
     """edgekit INT8 QAT, W4A8 QAT and mixed (W4/W8 under --max-drop) QAT: run folders. QAT uses the
     product's defaults (gradient clipping 1.0) and, with `kd`, distils from the float model."""
     runs = {"edgekit int8 QAT": dict(bits=8), "edgekit W4A8 QAT": dict(bits=4),
-            "edgekit mixed QAT": dict(bits=4, max_drop=max_drop)}
+            "edgekit mixed QAT": dict(bits=4, max_drop=max_drop),
+            SIGNED: dict(bits=8, activations="signed")}
     out = {}
     for label, kw in runs.items():
-        folder = WORKQ / f"{_runs_key(fp32)}_{label.split()[1].lower()}{'_kd' if kd else ''}"
+        kind = label.split()[1].lower() + ("_signed" if label == SIGNED else "")
+        folder = WORKQ / f"{_runs_key(fp32)}_{kind}{'_kd' if kd else ''}"
         if not (folder / "quantize.json").exists():
             quantize(fp32, data=CIFAR, out=folder, mode="qat", kd=kd, config=TrainConfig(
                 epochs=qat_epochs, lr=0.001, weight_decay=0.0, grad_clip=QAT_GRAD_CLIP, seed=0,
@@ -129,9 +136,12 @@ def bench_model(name: str, args) -> dict:
     for label, folder in runs.items():
         record = json.loads((folder / "quantize.json").read_text())
         prec = record["precision"]
-        rows.append((label, "onnxruntime", prec, folder / f"model_{prec}.onnx", folder / "model.pt"))
-        rows.append((label, "openvino", prec, folder / f"model_{prec}_openvino.xml", folder / "model.pt"))
+        if label != SIGNED:  # the signed run is here for its TensorRT file only
+            rows.append((label, "onnxruntime", prec, folder / f"model_{prec}.onnx", folder / "model.pt"))
+            rows.append((label, "openvino", prec, folder / f"model_{prec}_openvino.xml", folder / "model.pt"))
         trt = next(r for r in record["rows"] if "tensorrt" in r["backend"])
+        if label == "edgekit int8 QAT" and trt["status"] == "unsupported":
+            continue  # unsigned INT8: TensorRT's file comes from the signed run
         if trt["status"] != "ok":
             no_trt[label] = f"{trt['status']}: {trt['details']['reason'].split(';')[0]}"
         if trt["status"] in ("ok", "verification failed"):  # written: measured here, its status shown
@@ -237,19 +247,24 @@ def markdown(results: list[dict], env: dict, args) -> str:
            f"shared by every method; QAT {args.qat_epochs} epoch(s), SGD lr 0.001 cosine, batch 128, gradient "
            f"norm clipped at {QAT_GRAD_CLIP}, {'labels only' if args.no_kd else 'KD from the float model (T 4, alpha 0.5)'}, "
            f"full train split; mixed = W4 with the most sensitive layers raised to W8 until the PTQ drop <= {args.max_drop} "
-           "points. Latency: batch 1, interleaved passes "
-           f"({args.iters} calls per row per thread count). OpenVINO rows run with the CPU default "
-           "(bf16 for float parts on this CPU; the executed column shows conv precisions).",
+           "points; edgekit activations `auto` (unsigned, the UINT8 grid ONNX Runtime and OpenVINO execute), the "
+           "TensorRT-rules file from a second INT8 QAT run with signed activations (TensorRT's grid). "
+           "Latency: batch 1, interleaved passes "
+           f"({args.iters} calls per row per thread count). OpenVINO INT8 rows (peer included) compile with "
+           "an f32 inference hint, W4A8 and mixed rows with the CPU default (bf16 for float parts on this "
+           "CPU); the executed column shows conv precisions.",
            f"CPU {env['cpu']['model']}; torch {env['versions']['torch']}, onnxruntime {env['versions']['onnxruntime']}, "
            f"openvino {env['versions']['openvino']}, nncf {env['versions']['nncf']}; {env['date']}.", ""]
     return "\n".join(md)
 
 
 def main() -> None:
-    global WORKQ, TRAIN_LIMIT
+    global WORKQ, TRAIN_LIMIT, STUDENT_EPOCHS
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--models", default="resnet20,mobilenet_v2")
     ap.add_argument("--fp32-epochs", type=int, default=2)
+    ap.add_argument("--student-epochs", type=int, default=STUDENT_EPOCHS,
+                    help="epochs of the MobileNetV2 x0.5 trained from scratch when benchmarks/distill.py has not run")
     ap.add_argument("--qat-epochs", type=int, default=1)
     ap.add_argument("--no-kd", action="store_true", help="QAT on labels only (default: KD from the float model)")
     ap.add_argument("--max-drop", type=float, default=1.0)
@@ -260,7 +275,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=WORKQ, help="run folders (smoke runs: elsewhere)")
     args = ap.parse_args()
     require_shared()
-    WORKQ, TRAIN_LIMIT = args.work, args.train_limit or None
+    WORKQ, TRAIN_LIMIT, STUDENT_EPOCHS = args.work, args.train_limit or None, args.student_epochs
     results = [bench_model(m.strip(), args) for m in args.models.split(",") if m.strip()]
     env = environment(threads=[1, 2], calibration_images=CALIB, qat_epochs=args.qat_epochs)
     results_dir = RESULTS if args.work == WORK / "quant" else args.work
