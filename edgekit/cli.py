@@ -358,6 +358,7 @@ def prune_cmd(model: str = MODEL, data: str = DATA,
               target_macs: Optional[float] = typer.Option(None, "--target-macs", help="Keep this fraction of the MACs, e.g. 0.5."),
               target_latency_ms: Optional[float] = typer.Option(None, "--target-latency-ms", help="Prune until batch-1 latency is at most this: measured here (no profile, or --profile host), predicted by the latency model for another --profile."),
               sparsity: Optional[float] = typer.Option(None, "--sparsity", help="Unstructured: zero this fraction of weights (measured: no speed-up on these runtimes)."),
+              drop_blocks: Optional[int] = typer.Option(None, "--drop-blocks", help="Remove this many residual blocks (those whose removal changes the outputs least), alone or before a channel goal."),
               importance: str = typer.Option("l2", "--importance", help="l1, l2, bn (BN scale) or taylor."),
               per_layer: bool = typer.Option(False, "--per-layer", help="Same ratio in every layer instead of one global ranking."),
               latency_aware: bool = typer.Option(False, "--latency-aware", help="Choose layer widths from per-layer latencies measured on the first runtime here (NetAdapt-style table), not the magnitude ranking."),
@@ -380,14 +381,14 @@ def prune_cmd(model: str = MODEL, data: str = DATA,
               grad_clip: Optional[float] = CLIP, no_augment: bool = NOAUG, train_limit: int = TLIMIT,
               eval_limit: int = ELIMIT, arch: Optional[str] = ARCH, num_classes: Optional[int] = NUM_CLASSES,
               seed: int = SEED, resume: bool = RESUME, trust_pickle: bool = TRUST) -> None:
-    """Prune channels for measured speed (or weights for sparsity), recover, and time the result."""
+    """Prune channels or whole blocks for measured speed (or weights for sparsity), recover, and time the result."""
     from .inputs import parse_list
     from .stages import prune
 
     cfg = _train_config(epochs, batch_size, optimizer, lr, weight_decay, warmup_epochs,
                         label_smoothing, grad_clip, no_augment, train_limit, eval_limit, seed)
     res = prune(model, data=data, out=out, ratio=ratio, target_macs=target_macs,
-                target_latency_ms=target_latency_ms, sparsity=sparsity, importance=importance,
+                target_latency_ms=target_latency_ms, sparsity=sparsity, drop_blocks=drop_blocks, importance=importance,
                 global_pruning=not per_layer, latency_aware=latency_aware,
                 latency_precision=latency_precision, channel_multiple=channel_multiple, keep=parse_list(keep),
                 steps=steps, config=cfg, recover=not no_recover, kd=kd, temperature=temperature, alpha=alpha,

@@ -28,6 +28,8 @@ def _recipe(tmp_path: Path, body: dict) -> Path:
 @pytest.mark.parametrize("stages,field", [
     ([{"stage": "prune"}, {"stage": "sharpen"}], "stages.1.stage"),
     ([{"stage": "prune", "target_macs": 2.0}], "stages.0.target_macs"),
+    ([{"stage": "prune", "drop_blocks": 0}], "stages.0.drop_blocks"),
+    ([{"stage": "prune", "target_macs": None}], "stages.0"),
     ([{"stage": "quantize", "bits": 3}], "stages.0.bits"),
     ([{"stage": "quantize", "colour": "red"}], "stages.0.colour"),
     ([{"stage": "benchmark"}, {"stage": "prune"}], "stages.1"),

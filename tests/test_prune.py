@@ -5,6 +5,7 @@ inputs get one-line errors."""
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 
@@ -222,3 +223,69 @@ def test_latency_aware_prune_stage(backend, precision, resnet20_path, cifar_dir,
         with pytest.raises(InputError, match="--latency-precision must be fp32 or int8"):
             edgekit.prune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "s", ratio=0.3,
                           latency_aware=True, latency_precision="fp16")
+
+
+@pytest.mark.parametrize("arch,size,removable", [("cifar_resnet20", 32, 7), ("cifar_mobilenet_v2:width=0.5", 32, 10),
+                                                 ("resnet18", 64, 5), ("regnet_x_400mf", 64, 18)])
+def test_drop_blocks_real_smaller_model(arch, size, removable, tmp_path):
+    """Removable blocks are the shape-preserving blocks of each stage; removing two gives a model
+    with fewer layers, MACs and params that exports, and whose checkpoint reloads identically."""
+    from edgekit.pruning.depth import drop_blocks, droppable_blocks
+
+    module, card = get_model(arch, num_classes=10)
+    card = card.with_(input_size=(3, size, size))
+    names = droppable_blocks(module, card.input_size)
+    assert len(names) == removable, names
+    x = torch.randn(4, *card.input_size, generator=torch.Generator().manual_seed(0))
+    res = drop_blocks(module, card.input_size, 2, [x])
+    m = res.model.eval()
+    assert len(res.dropped) == 2 and set(res.dropped) <= set(names)
+    assert all(isinstance(m.get_submodule(n), nn.Identity) for n in res.dropped)
+    assert res.macs_after < res.macs_before and count_params(m) == res.params_after < res.params_before
+    with torch.no_grad():
+        ref = m(x).numpy()
+    out = OrtRunner(export_onnx(m, card, tmp_path / "d.onnx"), precision="fp32", threads=1)(x.numpy())
+    assert np.allclose(out, ref, atol=1e-4, rtol=1e-3)
+    again = edgekit.load_model(edgekit.save_model(m, card, tmp_path / "d.pt")).module.eval()
+    with torch.no_grad():
+        assert torch.equal(again(x), m(x))
+
+
+def test_drop_blocks_chooses_by_measurement_and_recovers(resnet20_path, cifar_dir, tmp_path):
+    """On the shared ResNet-20: the blocks the greedy measurement removes cost less accuracy than
+    removing the blocks it ranks last; with recovery the depth-pruned model (then pruned in
+    channels too) improves, reloads, and quantizes."""
+    from edgekit.pruning.depth import drop_blocks, droppable_blocks
+
+    loaded = edgekit.load_model(resnet20_path, arch="cifar_resnet20")
+    card = loaded.card
+    ds = load_dataset(cifar_dir, input_size=card.input_size)
+    batches = [x for x, _ in ds.train.subset(256, seed=0).batches(64, mean=card.mean, std=card.std)]
+    split = ds.evaluation(1000, seed=1)
+    chosen = drop_blocks(loaded.module, card.input_size, 2, batches)
+    costly = sorted(chosen.alone, key=chosen.alone.__getitem__)[-2:]  # the two that cost most alone
+    assert not set(costly) & set(chosen.dropped)
+    worst = copy.deepcopy(loaded.module)
+    for name in costly:
+        worst.set_submodule(name, nn.Identity())
+    top_chosen, top_worst = evaluate_top1(chosen.model, split, card)[0], evaluate_top1(worst, split, card)[0]
+    assert top_chosen > top_worst + 2, (top_chosen, top_worst, chosen.alone)
+
+    cfg = TrainConfig(epochs=1, batch_size=64, lr=0.01, train_limit=2560, seed=0)
+    res = edgekit.prune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "p", drop_blocks=3,
+                        ratio=0.2, config=cfg, limit=300, progress=False, timing=FAST)
+    assert res.method == "blocks+channels" and len(res.steps[0]["depth"]["dropped_blocks"]) == 3
+    assert res.top1_final > res.top1_pruned, (res.top1_pruned, res.top1_final)
+    assert res.summary["macs_after"] < 0.7 * res.summary["macs_before"]
+    assert "removed 3 of 7 removable blocks" in (tmp_path / "p" / "report.md").read_text()
+    q = edgekit.quantize(res.model_path, data=cifar_dir, out=tmp_path / "q", mode="ptq", calibration_images=128,
+                         limit=100, backends=("onnxruntime",), progress=False, timing=FAST)
+    assert q.rows[0].status == "ok"
+    reloaded = edgekit.load_model(q.model_path)
+    assert evaluate_top1(reloaded.module, ds.evaluation(100, seed=0), reloaded.card)[0] == q.final_top1
+    with pytest.raises(InputError, match="removable blocks"):
+        edgekit.prune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "x", drop_blocks=8,
+                      recover=False, limit=50, progress=False)
+    with pytest.raises(InputError, match="not --sparsity"):
+        edgekit.prune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "y", drop_blocks=2,
+                      sparsity=0.5)

@@ -337,6 +337,8 @@ def _from_checkpoint(obj: Mapping[str, Any], path: Path) -> tuple[nn.Module, Mod
         module, _ = get_model(arch, num_classes=card.num_classes, **options)
     except EdgekitError as exc:
         raise ModelLoadError(f"{path} was saved from model {arch}, which cannot be built here: {exc}") from None
+    if obj.get("dropped_blocks"):  # a depth-pruned model: these blocks are identities
+        drop_blocks_in(module, list(obj["dropped_blocks"]))
     if obj.get("resized"):  # a pruned model: the arch at the stored layer widths
         from .resize import resize_like
         resize_like(module, _strip_prefixes(state))
@@ -497,7 +499,9 @@ def _checkpoint_writer(module: nn.Module, card: ModelCard, path: Path) -> Callab
         )
     state = {k: v.detach().to("cpu") for k, v in module.state_dict().items()}
     quant = getattr(module, "edgekit_quant", None)  # a fake-quant model from edgekit quantize
-    problem, resized = _arch_mismatch(state, card, quantized=bool(quant))
+    reference = _reference(card)
+    dropped = _dropped_blocks(module, reference)
+    problem, resized = _arch_mismatch(state, drop_blocks_in(reference, dropped), quantized=bool(quant))
     if problem:
         raise InputError(
             f"cannot save {path} as a {card.arch} checkpoint: {problem}; "
@@ -513,25 +517,51 @@ def _checkpoint_writer(module: nn.Module, card: ModelCard, path: Path) -> Callab
     }
     if resized:  # pruned: load_model rebuilds the arch at these widths (models/resize.py)
         payload["resized"] = True
+    if dropped:  # depth-pruned: these blocks are nn.Identity (pruning/depth.py)
+        payload["dropped_blocks"] = dropped
     if quant:
         payload["quantization"] = dict(quant)
     return lambda tmp: torch.save(payload, tmp)
 
 
-def _arch_mismatch(state: Mapping[str, torch.Tensor], card: ModelCard, quantized: bool = False) -> tuple[str, bool]:
-    """(why `state` would not load into a fresh `card.arch`, or "", and whether it loads only
-    after resizing layers: a pruned model). A fake-quant model's keys differ by design (BN folded,
-    quantizers added): only the shapes of the keys both have are compared."""
-    from .resize import RESIZABLE
-
+def _reference(card: ModelCard) -> nn.Module:
+    """A fresh `card.arch` to compare a module against (on the meta device where it builds there:
+    no weight init)."""
     assert card.arch is not None
-    try:  # the meta device skips weight init; a few builders need real tensors
+    try:
         with torch.device("meta"):
-            model = get_model(card.arch, num_classes=card.num_classes, **card.arch_kwargs)[0]
+            return get_model(card.arch, num_classes=card.num_classes, **card.arch_kwargs)[0]
     except EdgekitError:
         raise
-    except Exception:  # noqa: BLE001
-        model = get_model(card.arch, num_classes=card.num_classes, **card.arch_kwargs)[0]
+    except Exception:  # noqa: BLE001 - a few builders need real tensors
+        return get_model(card.arch, num_classes=card.num_classes, **card.arch_kwargs)[0]
+
+
+def _dropped_blocks(module: nn.Module, reference: nn.Module) -> list[str]:
+    """Composite submodules of the fresh arch that are nn.Identity in `module`: removed blocks.
+    (Leaf layers turned Identity are a fake-quant model's folded BNs, rebuilt by quant.rebuild.)"""
+    ref = dict(reference.named_modules())
+    return [n for n, m in module.named_modules()
+            if n and isinstance(m, nn.Identity) and n in ref and any(True for _ in ref[n].children())]
+
+
+def drop_blocks_in(module: nn.Module, names: list[str]) -> nn.Module:
+    """Replace the named submodules with nn.Identity, in place (a depth-pruned checkpoint's arch)."""
+    for name in names:
+        try:
+            module.get_submodule(name)
+        except AttributeError:
+            raise ModelLoadError(f"the checkpoint removes block {name!r}, which its arch does not have") from None
+        module.set_submodule(name, nn.Identity())
+    return module
+
+
+def _arch_mismatch(state: Mapping[str, torch.Tensor], model: nn.Module, quantized: bool = False) -> tuple[str, bool]:
+    """(why `state` would not load into `model` (a fresh arch, removed blocks applied), or "", and
+    whether it loads only after resizing layers: a pruned model). A fake-quant model's keys differ
+    by design (BN folded, quantizers added): only the shapes of the keys both have are compared."""
+    from .resize import RESIZABLE
+
     reference = model.state_dict()
     if quantized:
         return "", any(tuple(reference[k].shape) != tuple(v.shape) for k, v in state.items() if k in reference)

@@ -40,8 +40,11 @@ class FinetuneStage(_Strict):
 
 class PruneStage(_Strict):
     stage: Literal["prune"]
-    #: fraction of MACs kept (0.5 = 2x fewer)
-    target_macs: float = Field(0.5, gt=0, lt=1)
+    #: fraction of MACs kept (0.5 = 2x fewer), counted from the stage's input model; null with
+    #: drop_blocks alone
+    target_macs: float | None = Field(0.5, gt=0, lt=1)
+    #: remove this many residual blocks first (`edgekit prune --drop-blocks`)
+    drop_blocks: int | None = Field(None, ge=1)
     recovery_epochs: int = Field(1, ge=0)
     lr: float = Field(0.01, gt=0)
     kd: bool = True
@@ -49,6 +52,12 @@ class PruneStage(_Strict):
     #: widths from per-layer latencies measured on the profile's first runtime, in its
     #: preferred precision (`edgekit prune --latency-aware`), instead of the magnitude ranking
     latency_aware: bool = False
+
+    @model_validator(mode="after")
+    def _something_to_prune(self) -> "PruneStage":
+        if self.target_macs is None and self.drop_blocks is None:
+            raise ValueError("a prune stage needs target_macs, drop_blocks or both")
+        return self
 
 
 class DistillStage(_Strict):

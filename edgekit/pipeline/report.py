@@ -74,7 +74,7 @@ def _predicted(s: dict) -> str:  # runs saved before stages carried latency show
 
 
 def _settings(s: dict) -> str:
-    return ", ".join(f"{k} {v}" for k, v in s.items() if k != "stage")
+    return ", ".join(f"{k} {v}" for k, v in s.items() if k != "stage" and v is not None)
 
 
 def render_report(report: dict) -> str:

@@ -55,11 +55,14 @@ class CompressResult:
 def _gentler(spec) -> list:
     """The settings to try, first the recipe's, then gentler ones (a budget miss retries them)."""
     out = [spec]
-    if spec.stage == "prune":
-        t = spec.target_macs
+    if spec.stage == "prune":  # keep more MACs, remove fewer blocks
+        t, d = spec.target_macs, spec.drop_blocks
         for _ in range(2):
-            t = round((t + 1) / 2, 4)
-            out.append(spec.model_copy(update={"target_macs": t}))
+            t = None if t is None else round((t + 1) / 2, 4)
+            d = None if d is None else (d // 2 or None)
+            if t is None and d is None:
+                break
+            out.append(spec.model_copy(update={"target_macs": t, "drop_blocks": d}))
     elif spec.stage == "quantize":
         if spec.bits == 4:
             out.append(spec.model_copy(update={"bits": 8}))
@@ -90,7 +93,8 @@ def _run_stage(spec, src: _Source, folder: Path, ctx: dict) -> Path:
                        config=_config(recipe, spec.epochs, spec.lr), resume=True, progress=progress)
         return res.last_path
     if spec.stage == "prune":
-        prune(src.path, data=data, out=folder, target_macs=spec.target_macs, importance=spec.importance,
+        prune(src.path, data=data, out=folder, target_macs=spec.target_macs, drop_blocks=spec.drop_blocks,
+              importance=spec.importance,
               latency_aware=spec.latency_aware,
               config=_config(recipe, max(spec.recovery_epochs, 1), spec.lr), recover=spec.recovery_epochs > 0,
               kd=spec.kd, profile=ctx["profile"], limit=ctx["limit"], arch=src.arch, trust_pickle=src.trust_pickle,

@@ -66,7 +66,7 @@ class PruneResult:
 
 def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float | None = None,
           target_macs: float | None = None, target_latency_ms: float | None = None,
-          sparsity: float | None = None, importance: str = "l2", global_pruning: bool = True,
+          sparsity: float | None = None, drop_blocks: int | None = None, importance: str = "l2", global_pruning: bool = True,
           latency_aware: bool = False, latency_precision: str | None = None,
           channel_multiple: int | None = None, keep: Sequence[str] = (), steps: int = 1,
           config: TrainConfig | None = None, recover: bool = True, kd: bool = False,
@@ -77,7 +77,9 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
           trust_pickle: bool = False, resume: bool = False, progress: bool = True, seed: int = 0, timing=None,
           skip_if_same_as: str | Path | None = None) -> PruneResult:
     """Prune `model` (see the module docstring); exactly one of ratio / target_macs /
-    target_latency_ms (channels) or sparsity (unstructured). `latency_aware` sets the widths
+    target_latency_ms (channels) or sparsity (unstructured); `drop_blocks` removes that many
+    residual blocks first (pruning.depth, spread over the steps), alone or with a channel goal,
+    which then counts from the original model. `latency_aware` sets the widths
     from per-layer latencies measured on the first backend (pruning.latency_aware) instead of
     the magnitude ranking, in `latency_precision` (default: the profile's preferred precision,
     else fp32). The latency table times the deployed precision and `latency_precisions` (default
@@ -92,9 +94,14 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
 
     goals = {k: v for k, v in dict(ratio=ratio, target_macs=target_macs, target_latency_ms=target_latency_ms,
                                     sparsity=sparsity).items() if v is not None}
-    if len(goals) != 1:
-        raise InputError("give exactly one of --ratio, --target-macs, --target-latency-ms (channel pruning) "
-                         f"or --sparsity (unstructured); got {', '.join('--' + k.replace('_', '-') for k in goals) or 'none'}")
+    if drop_blocks is not None and sparsity is not None:
+        raise InputError("--drop-blocks removes blocks (structured); combine it with a channel goal, not --sparsity")
+    if drop_blocks is not None and drop_blocks < 1:
+        raise InputError(f"--drop-blocks must be >= 1, got {drop_blocks}")
+    if len(goals) != 1 and not (drop_blocks and not goals):
+        raise InputError("give exactly one of --ratio, --target-macs, --target-latency-ms (channel pruning, "
+                         "optionally with --drop-blocks N), --drop-blocks N alone (depth) or --sparsity "
+                         f"(unstructured); got {', '.join('--' + k.replace('_', '-') for k in goals) or 'none'}")
     if steps < 1:
         raise InputError("--steps must be >= 1")
     from ..pruning import IMPORTANCES
@@ -103,8 +110,8 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
     for name, v in (("ratio", ratio), ("target-macs", target_macs), ("sparsity", sparsity)):
         if v is not None and not 0.0 < v < 1.0:
             raise InputError(f"--{name} must be between 0 and 1 (exclusive), got {v}")
-    if latency_aware and sparsity is not None:
-        raise InputError("--latency-aware allocates channel pruning; unstructured --sparsity has no widths to allocate")
+    if latency_aware and not {"ratio", "target_macs", "target_latency_ms"} & goals.keys():
+        raise InputError("--latency-aware allocates channel pruning: give --ratio, --target-macs or --target-latency-ms")
     if latency_precision not in (None, "fp32", "int8"):
         raise InputError(f"--latency-precision must be fp32 or int8, got {latency_precision!r}")
     if target_latency_ms is not None and target_latency_ms <= 0:
@@ -150,7 +157,9 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
     def calibration():  # real images for the runtimes' INT8 calibration, one per call
         return [x[i:i + 1].numpy() for x, _ in grad_batches() for i in range(len(x))][:64]
 
-    method = "sparsity" if sparsity is not None else "channels"
+    method = "sparsity" if sparsity is not None else ("channels" if goals else "blocks")
+    if drop_blocks and goals:
+        method = "blocks+channels"
     step_log, pruned_top1 = [], None
     current = module
     for i in range(1, steps + 1):
@@ -164,6 +173,11 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
             pruned_top1 = step_log[0]["top1_pruned"]
             continue
         frac = i / steps
+        depth = {}
+        if drop_blocks and (k := round(drop_blocks * frac) - round(drop_blocks * (i - 1) / steps)):
+            from ..pruning.depth import drop_blocks as remove
+            d = remove(current, size, k, [x for x, _ in grad_batches()], keep=keep)
+            current, depth = d.model, {"depth": d.to_dict()}
         alloc = {}
         if latency_aware:  # widths change every step: measure the current model's layers again
             alloc["allocation"] = _allocate(current, size, multiple, importance, keep, backends[0], threads[0],
@@ -175,12 +189,17 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
             outcome = prune_channels(current, size, per_step, importance=importance, global_pruning=global_pruning,
                                      channel_multiple=multiple, keep=keep, grad_batches=grad_batches, **alloc)
             res_model, info = outcome.model, outcome.to_dict()
+        elif not goals:  # blocks only
+            res_model, info = current, {}
         elif target_macs is not None:
             want = (1 - (1 - target_macs) * frac) * count_macs(original, size) / count_macs(current, size)
-            outcome = prune_to_macs(current, size, min(want, 0.999), importance=importance,
-                                    global_pruning=global_pruning, channel_multiple=multiple, keep=keep,
-                                    grad_batches=grad_batches, **alloc)
-            res_model, info = outcome.model, outcome.to_dict()
+            if want >= 1:  # the removed blocks already meet the MAC goal
+                res_model, info = current, {"note": "the removed blocks already meet the MAC target: no channels pruned"}
+            else:
+                outcome = prune_to_macs(current, size, min(want, 0.999), importance=importance,
+                                        global_pruning=global_pruning, channel_multiple=multiple, keep=keep,
+                                        grad_batches=grad_batches, **alloc)
+                res_model, info = outcome.model, outcome.to_dict()
         else:
             res_model, info = _prune_to_latency(current, card, size, target_latency_ms, backends[0], threads[0],
                                                 profile=prof if prof is not None and prof.name != "host" else None,
@@ -199,7 +218,7 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
                 raise SameWidths(f"the same widths as {skip_if_same_as}")
         top1 = evaluate_top1(res_model, eval_split, card)[0]
         pruned_top1 = top1 if pruned_top1 is None else pruned_top1
-        rec = {"step": i, **info, "top1_pruned": top1}
+        rec = {"step": i, **depth, **info, "top1_pruned": top1}
         if recover:
             objective = (_distill(res_model, original, card, temperature, alpha) if kd
                          else Supervised(res_model, cfg.label_smoothing))
@@ -213,6 +232,8 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
         step_log.append(rec)
     current.eval()
     top1_final = evaluate_top1(current, eval_split, card)[0]
+    if drop_blocks:
+        goals["drop_blocks"] = drop_blocks
     pcard = card.with_(source=f"{card.source}; edgekit prune ({method}, {goals})",
                        notes={**card.notes, "pruned": {k: v for k, v in goals.items()}})
     model_path = save_model(current, pcard, out / "model.pt")
@@ -347,7 +368,7 @@ def _prune_to_latency(model, card, size, target_ms, backend, threads, profile=No
         if floor > target_ms:
             raise InputError(f"--target-latency-ms {target_ms} is not reachable on {where} at {threads} thread(s): "
                              f"unpruned {base:.3f} ms, with 85% of the prunable channels removed still {floor:.3f} ms "
-                             "(per-layer overhead dominates at small widths); ask for more, or remove blocks")
+                             "(per-layer overhead dominates at small widths); ask for more, or add --drop-blocks N")
         lo, hi, best = 0.0, 0.85, (most, floor)
         for k in range(6):
             mid = (lo + hi) / 2
@@ -376,6 +397,9 @@ def _report(r: PruneResult) -> str:
              f"({s['macs_before'] / max(s['macs_after'], 1):.2f}x fewer); params {s['params_before']:,} -> "
              f"{s['params_after']:,}; channel multiple {s['channel_multiple']}; widths: {s['allocation']}."]
     lines += [f"Step {x['step']}: {x['allocation']}." for x in r.steps if x.get("allocation")]
+    lines += [f"Step {x['step']}: removed {len(x['depth']['dropped_blocks'])} of {x['depth']['candidate_blocks']} "
+              f"removable blocks ({', '.join(x['depth']['dropped_blocks'])}), chosen one at a time as the block whose "
+              "removal changes the outputs least." for x in r.steps if x.get("depth")]
     if (t := s.get("target_latency")):
         lines += ["", f"Latency target {t['target_ms']} ms on {t['on']}: **{'met' if t['met'] else 'NOT met'}** in the "
                   f"final measurement below ({t['final_ms']:.3f} ms; the search measured {t['search_ms'] or float('nan'):.3f} ms). "
