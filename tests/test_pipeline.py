@@ -183,20 +183,22 @@ def test_killed_run_resumes_to_the_same_end(tmp_path, digits_model, ort_profile)
 
 
 def test_budget_that_cannot_be_met(tmp_path, digits_model, ort_profile):
-    """A prune that cannot stay within 0 points is retried gentler, then rolled back; the run ends with
+    """A prune (blocks and channels) that cannot stay within 0 points is retried gentler (fewer
+    blocks, more MACs), then rolled back; the run ends with
     the input model's artifacts that meet the budget and says so, not with a crash."""
     from edgekit.bench import TimingConfig
     from edgekit.compress import compress
     from edgekit.pipeline import Recipe
 
     recipe = Recipe.model_validate({"train": {"batch_size": 64, "hflip": False}, "stages": [
-        {"stage": "prune", "target_macs": 0.3, "recovery_epochs": 0}, {"stage": "benchmark"}]})
+        {"stage": "prune", "target_macs": 0.3, "drop_blocks": 4, "recovery_epochs": 0}, {"stage": "benchmark"}]})
     res = compress(digits_model, profile=str(ort_profile), data="digits", out=tmp_path / "b", recipe=recipe,
                    max_drop=0.0, limit=None, progress=False,
                    timing=TimingConfig(warmup=2, iters=10, passes=2, throughput_batch=4, throughput_iters=2))
     rep = res.report
     assert [s["status"] for s in rep["stages"]] == ["rolled back"] * 3
     assert [s["settings"]["target_macs"] for s in rep["stages"]] == [0.3, 0.65, 0.825]
+    assert [s["settings"]["drop_blocks"] for s in rep["stages"]] == [4, 2, 1]
     # every stage states its latency: measured here on the profile's runtime as deployed, and predicted
     for s in rep["stages"]:
         assert s["measured_ms"] > 0 and s["measured_on"].startswith("onnxruntime int8")
