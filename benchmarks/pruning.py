@@ -1,7 +1,8 @@
 """Structured pruning for measured speed, on the full CIFAR-10 JPEG test set, in one run.
 
 ResNet-56 (shared weights fine-tuned on train/, the same teacher as benchmarks/distill.py) pruned
-to 2x and 3x fewer MACs with recovery training (KD from the unpruned model), the 2x prune again
+to 2x and 3x fewer MACs with recovery training (KD from the unpruned model), in channels and in
+depth (14 and 18 of its 27 residual blocks removed, `--drop-blocks`), the 2x channel prune again
 with latency-aware widths (a per-layer table measured on ONNX Runtime, 1 thread) and with
 unrounded channel counts (timing only), and the MobileNetV2 student (from the distillation
 or quantization benchmark) at 1.5x. Every model is scored on all 10,000 test images; FP32 and
@@ -152,6 +153,12 @@ def main() -> None:
     r56 = teacher(args.teacher_epochs)
     models = {"ResNet-56": {"unpruned (fine-tuned)": r56,
                             "2x fewer MACs + recovery": pruned(r56, "r56_2x", args, target_macs=0.5, kd=True),
+                            # depth: 14 of the 27 blocks out is 2.06x fewer MACs, 18 out 2.9x, and
+                            # the per-layer overhead that thinner layers keep goes with them
+                            "14 of 27 blocks removed (depth) + recovery": pruned(r56, "r56_depth14", args,
+                                                                                  drop_blocks=14, kd=True),
+                            "18 of 27 blocks removed (depth) + recovery": pruned(r56, "r56_depth18", args,
+                                                                                  drop_blocks=18, kd=True),
                             "2x fewer MACs, latency-aware widths + recovery": pruned(
                                 r56, "r56_2x_latency", args, target_macs=0.5, kd=True, latency_aware=True),
                             # an INT8 table stops where narrower is no faster in INT8 (16 channels
