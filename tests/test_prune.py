@@ -283,6 +283,11 @@ def test_drop_blocks_chooses_by_measurement_and_recovers(resnet20_path, cifar_di
     assert q.rows[0].status == "ok"
     reloaded = edgekit.load_model(q.model_path)
     assert evaluate_top1(reloaded.module, ds.evaluation(100, seed=0), reloaded.card)[0] == q.final_top1
+    # a latency target the removed blocks already meet: no channels pruned, and the record says so
+    met = edgekit.prune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "t", drop_blocks=2,
+                        target_latency_ms=100.0, recover=False, limit=50, progress=False, timing=FAST)
+    assert "already meet" in met.steps[0]["note"] and met.steps[0]["measured_ms"] <= 100
+    assert met.summary["params_after"] < met.summary["params_before"] and met.method == "blocks+channels"
     with pytest.raises(InputError, match="removable blocks"):
         edgekit.prune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "x", drop_blocks=8,
                       recover=False, limit=50, progress=False)

@@ -206,7 +206,7 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
                                                 precision=deploy_precision, calibration=calibration,
                                                 importance=importance, global_pruning=global_pruning,
                                                 channel_multiple=multiple, keep=keep, grad_batches=grad_batches,
-                                                **alloc)
+                                                already_pruned=bool(depth), **alloc)
         if latency_aware:
             a = alloc["allocation"]
             info["allocation"] = (f"latency-aware: lone-convolution table measured on {a.backend} {a.precision.upper()}, "
@@ -333,11 +333,12 @@ def measure_latency(variants: dict[str, nn.Module], card, work: Path, backends: 
 
 
 def _prune_to_latency(model, card, size, target_ms, backend, threads, profile=None, precision="fp32",
-                      calibration=None, **kw):
+                      calibration=None, already_pruned=False, **kw):
     """Bisect the channel ratio until the batch-1 latency meets the target: measured on `backend`
     in `precision` here, or, for a `profile` that is not this host, predicted by its latency
     model (at the profile's preferred precision). Keeps the least-pruned candidate that meets it.
-    Unreachable targets are refused up front."""
+    Unreachable targets are refused up front, and so is a model that already meets the target,
+    unless it is `already_pruned` (blocks removed this step): then no channels go."""
     import tempfile
 
     from ..bench import TimingConfig
@@ -360,6 +361,10 @@ def _prune_to_latency(model, card, size, target_ms, backend, threads, profile=No
                                    precisions=[precision], calibration=calibration)[0]["latency_ms_p50"]
 
         base = latency(model, "base")
+        kind = "predicted_ms" if profile is not None else "measured_ms"
+        if base <= target_ms and already_pruned:
+            return model, {kind: base, "unpruned_ms": base, "backend": where, "threads": threads,
+                           "note": "the removed blocks already meet the latency target: no channels pruned"}
         if base <= target_ms:
             raise InputError(f"the model already runs in {base:.3f} ms (<= --target-latency-ms {target_ms}) on "
                              f"{where} at {threads} thread(s): nothing to prune")
@@ -382,7 +387,6 @@ def _prune_to_latency(model, card, size, target_ms, backend, threads, profile=No
             else:
                 lo = mid
     outcome, ms = best
-    kind = "predicted_ms" if profile is not None else "measured_ms"
     return outcome.model, {**outcome.to_dict(), kind: ms, "unpruned_ms": base, "backend": where,
                            "threads": threads}
 
