@@ -1,10 +1,11 @@
-"""`edgekit prune`: structured channel pruning for measured speed, or unstructured sparsity with
-its honest effect, then recovery training with the engine (optionally distilling from the
-unpruned model).
+"""`edgekit prune`: structured pruning (whole residual blocks and/or channels) for measured speed,
+or unstructured sparsity with its honest effect, then recovery training with the engine
+(optionally distilling from the unpruned model).
 
-Flow (channels): load -> [per step: prune toward the target (ratio, MAC fraction or measured
-latency), check the pruned model runs, recover with the training engine] -> save model.pt (arch at
-the new widths: reloads with no pruning code) -> time unpruned vs pruned (and rounded vs
+Flow (structured): load -> [per step: remove this step's share of blocks, prune channels toward
+the target (ratio, MAC fraction or measured latency), check the pruned model runs, recover with
+the training engine] -> save model.pt (arch at the new widths, removed blocks named: reloads with
+no pruning code) -> time unpruned vs pruned (and rounded vs
 unrounded widths) in one interleaved run on the profile's runtimes -> prune.json + report.md.
 """
 
