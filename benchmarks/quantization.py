@@ -36,10 +36,12 @@ from edgekit.exporters.qdq import check_tensorrt_rules
 from edgekit.stages import finetune, quantize
 from edgekit.stages.quantize import QAT_GRAD_CLIP
 from edgekit.train import TrainConfig
-from edgekit.verify import accuracy, predict
+from edgekit.verify import Tolerance, accuracy, predict
 
 WORKQ = WORK / "quant"
 CALIB = 512
+#: the agreement every artifact of an edgekit fake-quant model must reach (edgekit.verify)
+VERIFY_AGREEMENT = Tolerance().min_agreement["quantized"]
 # ONNX Runtime and OpenVINO rows use the product default for their backends (auto: unsigned
 # activations, the UINT8 grid they execute); TensorRT runs signed INT8 only, so its file comes
 # from a second INT8 QAT run with signed activations, as `--backends tensorrt` would train it.
@@ -64,6 +66,16 @@ def float_model(name: str, epochs: int) -> Path:
     res = finetune(src, data=CIFAR, out=folder, config=cfg, resume=True)
     return res.last_path
 
+
+def _origin(res: dict, args) -> str:
+    """Where a model's float baseline came from, for the table's reader."""
+    folder = Path(res["fp32_checkpoint"]).parent.name
+    if res["model"] == "resnet20":
+        return f"shared ResNet-20 weights fine-tuned {args.fp32_epochs} epochs on train/"
+    if "_from_" in folder:
+        return f"the distilled student of benchmarks/distill.py ({folder.split('_from_')[1]}) plus 1 float epoch"
+    return (f"MobileNetV2 x0.5 (small input) trained here from scratch for {args.student_epochs} epochs, because "
+            "no benchmarks/distill.py student exists")
 
 
 def _runs_key(fp32: Path) -> str:
@@ -231,13 +243,15 @@ def support_matrix(res: dict) -> list[str]:
 def markdown(results: list[dict], env: dict, args) -> str:
     md = ["# Quantization benchmark (CIFAR-10 JPEG test set, every row measured on the deployed artifact)", ""]
     for res in results:
-        md += [f"## {res['model']}", "",
-               "| method | runtime | precision | top-1 % | agree FP32 % | agree fake-quant % | size MB | "
-               "p50/p90 ms 1 thr | p50/p90 ms 2 thr | executed |", "|---|---|---|---|---|---|---|---|---|---|"]
+        md += [f"## {res['model']}", "", f"Float model: {_origin(res, args)}.", "",
+               "| method | runtime | precision | top-1 % | agree FP32 % | agree fake-quant % | verified | size MB | "
+               "p50/p90 ms 1 thr | p50/p90 ms 2 thr | executed |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in res["rows"]:
             fq = f"{100 * r['agree_fakequant']:.2f}" if "agree_fakequant" in r else "-"
+            # edgekit's own check of an artifact: >= 99% top-1 agreement with its fake-quant model
+            ok = "-" if "agree_fakequant" not in r else ("ok" if r["agree_fakequant"] >= VERIFY_AGREEMENT else "**FAILED**")
             md.append(f"| {r['method']} | {r['runtime']} | {r['precision']} | {r['top1']:.2f} | "
-                      f"{100 * r['agree_fp32']:.2f} | {fq} | {r['size_mb']:.3f} | {r['p50_ms_1t']:.3f} / "
+                      f"{100 * r['agree_fp32']:.2f} | {fq} | {ok} | {r['size_mb']:.3f} | {r['p50_ms_1t']:.3f} / "
                       f"{r['p90_ms_1t']:.3f} | {r['p50_ms_2t']:.3f} / {r['p90_ms_2t']:.3f} | {r['executed']} |")
         md += ["", "Checks: " + ", ".join(f"{k} = {v}" for k, v in res["checks"].items()), "",
                f"Runtime support matrix ({res['model']}, measured above; `executed` is read from the "
