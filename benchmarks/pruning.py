@@ -151,14 +151,14 @@ def main() -> None:
     TRAIN_LIMIT = args.train_limit or None
     results_dir = RESULTS if args.work == WORK / "prune" else args.work
     r56 = teacher(args.teacher_epochs)
+    # depth runs first: the variants the last full run did not have (every run folder resumes)
+    depth = {n: pruned(r56, f"r56_depth{n}", args, drop_blocks=n, kd=True) for n in (14, 18)}
     models = {"ResNet-56": {"unpruned (fine-tuned)": r56,
                             "2x fewer MACs + recovery": pruned(r56, "r56_2x", args, target_macs=0.5, kd=True),
                             # depth: 14 of the 27 blocks out is 2.06x fewer MACs, 18 out 2.9x, and
                             # the per-layer overhead that thinner layers keep goes with them
-                            "14 of 27 blocks removed (depth) + recovery": pruned(r56, "r56_depth14", args,
-                                                                                  drop_blocks=14, kd=True),
-                            "18 of 27 blocks removed (depth) + recovery": pruned(r56, "r56_depth18", args,
-                                                                                  drop_blocks=18, kd=True),
+                            "14 of 27 blocks removed (depth) + recovery": depth[14],
+                            "18 of 27 blocks removed (depth) + recovery": depth[18],
                             "2x fewer MACs, latency-aware widths + recovery": pruned(
                                 r56, "r56_2x_latency", args, target_macs=0.5, kd=True, latency_aware=True),
                             # an INT8 table stops where narrower is no faster in INT8 (16 channels
