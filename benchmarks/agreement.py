@@ -5,7 +5,10 @@ benchmarks/quantization.py, each scored against its own fake-quant torch model.
   where the torch grid clips at 127) against `model_<p>_tensorrt.onnx` (signed INT8, the torch
   grid exactly), both run on ONNX Runtime.
 - OpenVINO: the IR compiled with the CPU's default inference precision (bf16 on this host) and
-  with an f32 hint; their batch-1 latency at 1 thread, timed interleaved.
+  with an f32 hint; their batch-1 latency at 1 thread, timed interleaved (`--iters 0`: untimed).
+- Where the flips are: the fake-quant model's top-2 logit margin on the images a file flips,
+  against all images. Integer rounding moves logits by a few hundredths; an image flips only
+  when its margin is that small, so a model with compressed logits (a weak one) flips more.
 
 Needs the run folders of benchmarks/quantization.py (benchmarks/work/quant/*_kd). Writes
 benchmarks/results/agreement.{json,md}.
@@ -47,7 +50,9 @@ def main() -> None:
         xs, ys = zip(*test.batches(100, mean=card.mean, std=card.std))
         x, y = torch.cat(xs), torch.cat(ys).numpy()
         with torch.no_grad():
-            ref = loaded.module.eval()(x).argmax(1).numpy()
+            logits = loaded.module.eval()(x).numpy()
+        ref, top2 = logits.argmax(1), np.sort(logits, 1)[:, -2:]
+        margin = top2[:, 1] - top2[:, 0]
         runners = {"onnxruntime, ORT-form file (UINT8)": OrtRunner(folder / f"model_{prec}.onnx", precision=prec, threads=1)}
         if (folder / f"model_{prec}_tensorrt.onnx").exists():
             runners["onnxruntime, TensorRT-rules file (INT8)"] = OrtRunner(
@@ -57,27 +62,41 @@ def main() -> None:
         ov = {None: OvRunner(xml, precision=prec, threads=1, hint=default_inference_precision()),
               "f32": OvRunner(xml, precision=prec, threads=1, hint="f32")}
         runners.update({f"openvino, {'default' if h is None else h + ' hint'}": r for h, r in ov.items()})
-        timed = time_runners(list(ov.values()), x[:1].numpy(), TimingConfig(warmup=20, iters=args.iters, passes=6,
-                                                                            throughput_iters=0))
-        ov_ms = dict(zip(ov, timed))
+        ov_ms = {}
+        if args.iters:
+            timed = time_runners(list(ov.values()), x[:1].numpy(), TimingConfig(warmup=20, iters=args.iters, passes=6,
+                                                                                throughput_iters=0))
+            ov_ms = dict(zip(ov, timed))
         for name, r in runners.items():
             pred = np.concatenate([r(x[i:i + 100].numpy()) for i in range(0, len(x), 100)]).argmax(1)
+            flips = pred != ref
             row = {"model": folder.name, "precision": prec, "runtime": name, "images": len(y),
                    "agreement": round(100 * float((pred == ref).mean()), 2),
-                   "top1": round(100 * float((pred == y).mean()), 2)}
+                   "top1": round(100 * float((pred == y).mean()), 2), "flips": int(flips.sum()),
+                   "median_margin_all": round(float(np.median(margin)), 3),
+                   "median_margin_flipped": round(float(np.median(margin[flips])), 3) if flips.any() else None,
+                   "flips_in_lowest_5pct_margins": int((margin[flips] <= np.quantile(margin, 0.05)).sum())}
             if name.startswith("openvino"):
                 hint = None if "default" in name else "f32"
                 row["executed"] = executed_precision(ov[hint].compiled)
-                row["p50_ms_1t"] = round(ov_ms[hint].latency_ms_p50, 3)
+                if ov_ms:
+                    row["p50_ms_1t"] = round(ov_ms[hint].latency_ms_p50, 3)
             rows.append(row)
             print(row, flush=True)
     env = environment(args=vars(args))
     atomic_write_json(RESULTS / "agreement.json", {"rows": rows, "environment": env})
     md = ["# Agreement of deployed files with their fake-quant model", "",
           f"QAT artifacts of benchmarks/quantization.py; top-1 agreement with the fake-quant torch model on "
-          f"{args.limit} test images. OpenVINO latency: batch 1, 1 thread, {args.iters} calls, interleaved.", "",
-          "| run | precision | runtime / file | agreement % | top-1 % | OpenVINO executed | p50 ms |", "|---|---|---|---|---|---|---|"]
+          f"{args.limit} test images. "
+          + (f"OpenVINO latency: batch 1, 1 thread, {args.iters} calls, interleaved." if args.iters else
+             "Not timed (--iters 0).")
+          + " Margin: the fake-quant model's top-1 minus top-2 logit; \"lowest 5%\": flips among the 5% of "
+          "images with the smallest margin.", "",
+          "| run | precision | runtime / file | agreement % | top-1 % | flips | median margin: all / flipped | "
+          "flips in lowest 5% margins | OpenVINO executed | p50 ms |", "|---|---|---|---|---|---|---|---|---|---|"]
     md += [f"| {r['model']} | {r['precision']} | {r['runtime']} | {r['agreement']:.2f} | {r['top1']:.2f} | "
+           f"{r['flips']} | {r['median_margin_all']:.3f} / {r['median_margin_flipped'] if r['median_margin_flipped'] is not None else '-'} | "
+           f"{r['flips_in_lowest_5pct_margins']} of {r['flips']} | "
            f"{r.get('executed', '-')} | {r.get('p50_ms_1t', '-')} |" for r in rows]
     md += ["", f"CPU {env['cpu']['model']}; onnxruntime {env['versions']['onnxruntime']}, openvino "
            f"{env['versions']['openvino']}; {env['date']}.", ""]
