@@ -287,6 +287,9 @@ def test_drop_blocks_chooses_by_measurement_and_recovers(resnet20_path, cifar_di
     met = edgekit.prune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "t", drop_blocks=2,
                         target_latency_ms=100.0, recover=False, limit=50, progress=False, timing=FAST)
     assert "already meet" in met.steps[0]["note"] and met.steps[0]["measured_ms"] <= 100
+    blocks = edgekit.prune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "o", drop_blocks=2,
+                           recover=False, limit=50, progress=False, timing=FAST)
+    assert blocks.method == "blocks" and blocks.summary["allocation"].startswith("none")
     assert met.summary["params_after"] < met.summary["params_before"] and met.method == "blocks+channels"
     with pytest.raises(InputError, match="removable blocks"):
         edgekit.prune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "x", drop_blocks=8,

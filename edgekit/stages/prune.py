@@ -239,7 +239,8 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
                        notes={**card.notes, "pruned": {k: v for k, v in goals.items()}})
     model_path = save_model(current, pcard, out / "model.pt")
     summary = {"goal": goals, "importance": importance, "global": global_pruning, "channel_multiple": multiple,
-               "allocation": "latency-aware (measured per-layer table)" if latency_aware
+               "allocation": "none (whole blocks removed, no channels pruned)" if method == "blocks"
+               else "latency-aware (measured per-layer table)" if latency_aware
                else ("global" if global_pruning else "per-layer") + " magnitude ranking",
                "macs_before": count_macs(original, size), "macs_after": count_macs(current, size),
                "params_before": count_params(original), "params_after": count_params(current)}
