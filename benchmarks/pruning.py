@@ -2,7 +2,8 @@
 
 ResNet-56 (shared weights fine-tuned on train/, the same teacher as benchmarks/distill.py) pruned
 to 2x and 3x fewer MACs with recovery training (KD from the unpruned model), in channels and in
-depth (14 and 18 of its 27 residual blocks removed, `--drop-blocks`), the 2x channel prune again
+depth (14 and 18 of its 27 residual blocks removed, `--drop-blocks`), in both (6 blocks, then
+latency-aware widths to 2x fewer MACs in all), the 2x channel prune again
 with latency-aware widths (a per-layer table measured on ONNX Runtime, 1 thread) and with
 unrounded channel counts (timing only), and the MobileNetV2 student (from the distillation
 or quantization benchmark) at 1.5x. Every model is scored on all 10,000 test images; FP32 and
@@ -142,6 +143,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="test images (0 = all)")
     ap.add_argument("--iters", type=int, default=300)
     ap.add_argument("--passes", type=int, default=6)
+    ap.add_argument("--int8-table", action="store_true",
+                    help="also widths from an INT8 latency table (another 20 minutes)")
     ap.add_argument("--train-limit", type=int, default=0, help="smoke runs: train on N images (0 = all)")
     ap.add_argument("--work", type=Path, default=WORKP, help="run folders and results (smoke runs: elsewhere)")
     args = ap.parse_args()
@@ -153,22 +156,25 @@ def main() -> None:
     r56 = teacher(args.teacher_epochs)
     # depth runs first: the variants the last full run did not have (every run folder resumes)
     depth = {n: pruned(r56, f"r56_depth{n}", args, drop_blocks=n, kd=True) for n in (14, 18)}
+    # both: 6 blocks out (the cheapest, 1.29x fewer MACs), then latency-aware widths to 2x in all
+    hybrid = pruned(r56, "r56_blocks6_2x_latency", args, drop_blocks=6, target_macs=0.5, kd=True, latency_aware=True)
     models = {"ResNet-56": {"unpruned (fine-tuned)": r56,
                             "2x fewer MACs + recovery": pruned(r56, "r56_2x", args, target_macs=0.5, kd=True),
                             # depth: 14 of the 27 blocks out is 2.06x fewer MACs, 18 out 2.9x, and
                             # the per-layer overhead that thinner layers keep goes with them
                             "14 of 27 blocks removed (depth) + recovery": depth[14],
                             "18 of 27 blocks removed (depth) + recovery": depth[18],
+                            "6 blocks removed, then latency-aware widths to 2x fewer MACs + recovery": hybrid,
                             "2x fewer MACs, latency-aware widths + recovery": pruned(
                                 r56, "r56_2x_latency", args, target_macs=0.5, kd=True, latency_aware=True),
-                            # an INT8 table stops where narrower is no faster in INT8 (16 channels
-                            # on ONNX Runtime here, 1.7x fewer MACs): a ratio, not a MAC target
-                            "latency-aware widths from an INT8 table, as far as INT8 gets faster + recovery": pruned(
-                                r56, "r56_latency_int8", args, ratio=0.7, kd=True, latency_aware=True,
-                                latency_precision="int8"),
                             "3x fewer MACs + recovery": pruned(r56, "r56_3x", args, target_macs=1 / 3, kd=True),
                             "2x fewer MACs, widths not rounded (no recovery)": pruned(
                                 r56, "r56_2x_unrounded", args, target_macs=0.5, channel_multiple=1, recover=False)}}
+    if args.int8_table:
+        # an INT8 table stops where narrower is no faster in INT8 (16 channels on ONNX Runtime
+        # here, 1.7x fewer MACs): a ratio, not a MAC target
+        models["ResNet-56"]["latency-aware widths from an INT8 table, as far as INT8 gets faster + recovery"] = pruned(
+            r56, "r56_latency_int8", args, ratio=0.7, kd=True, latency_aware=True, latency_precision="int8")
     mbv2 = student()
     if mbv2 is not None:
         models["MobileNetV2 student"] = {"unpruned": mbv2,

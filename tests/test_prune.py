@@ -297,3 +297,42 @@ def test_drop_blocks_chooses_by_measurement_and_recovers(resnet20_path, cifar_di
     with pytest.raises(InputError, match="not --sparsity"):
         edgekit.prune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "y", drop_blocks=2,
                       sparsity=0.5)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_interrupted_recovery_resumes_on_the_saved_pruned_model(resnet20_path, cifar_dir, tmp_path, monkeypatch):
+    """An interrupted recovery continues on the model that step pruned, not on a new search: a
+    latency-measured search can choose other widths than the saved training state holds."""
+    import importlib
+
+    from edgekit.models import save_model
+
+    stage = importlib.import_module("edgekit.stages.prune")  # the module (edgekit.stages.prune is the function)
+
+    cfg = TrainConfig(epochs=1, batch_size=64, lr=0.01, train_limit=256, seed=0)
+    kw = dict(arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "p", ratio=0.3, config=cfg, limit=100,
+              progress=False, timing=FAST)
+    real_train = stage.train
+
+    def interrupted(*a, **k):
+        raise _Interrupted
+
+    monkeypatch.setattr(stage, "train", interrupted)
+    with pytest.raises(_Interrupted):
+        edgekit.prune(resnet20_path, **kw)
+    saved = tmp_path / "p" / "step1_pruned.pt"
+    assert saved.exists() and saved.with_suffix(".json").exists()
+    # stand in for a search that would now pick other widths: swap in a narrower prune
+    loaded = edgekit.load_model(saved)
+    other = prune_channels(edgekit.load_model(resnet20_path, arch="cifar_resnet20").module, (3, 32, 32), 0.5,
+                           channel_multiple=8).model
+    save_model(other, loaded.card, saved)
+    monkeypatch.setattr(stage, "train", real_train)
+    res = edgekit.prune(resnet20_path, resume=True, **kw)
+    final = edgekit.load_model(res.model_path).module
+    assert {k: v.shape for k, v in final.state_dict().items()} == {k: v.shape for k, v in other.state_dict().items()}
+    assert count_params(final) < count_params(loaded.module)
+    assert not saved.exists() and (tmp_path / "p" / "step1.pt").exists()

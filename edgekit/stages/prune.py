@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -166,60 +167,71 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
     for i in range(1, steps + 1):
         step_path = out / f"step{i}.pt"
         if resume and step_path.exists() and step_path.with_suffix(".json").exists():  # step already done
-            import json
-
             from ..models import load_model
             current = load_model(step_path).module
             step_log.append(json.loads(step_path.with_suffix(".json").read_text()))
             pruned_top1 = step_log[0]["top1_pruned"]
             continue
-        frac = i / steps
-        depth = {}
-        if drop_blocks and (k := round(drop_blocks * frac) - round(drop_blocks * (i - 1) / steps)):
-            from ..pruning.depth import drop_blocks as remove
-            d = remove(current, size, k, [x for x, _ in grad_batches()], keep=keep)
-            current, depth = d.model, {"depth": d.to_dict()}
-        alloc = {}
-        if latency_aware:  # widths change every step: measure the current model's layers again
-            alloc["allocation"] = _allocate(current, size, multiple, importance, keep, backends[0], threads[0],
-                                            deploy_precision, grad_batches)
-        if method == "sparsity":
-            res_model, info = sparsify(current, sparsity * frac), {"sparsity": round(sparsity * frac, 4)}
-        elif ratio is not None:
-            per_step = 1 - (1 - ratio) ** (1 / steps)
-            outcome = prune_channels(current, size, per_step, importance=importance, global_pruning=global_pruning,
-                                     channel_multiple=multiple, keep=keep, grad_batches=grad_batches, **alloc)
-            res_model, info = outcome.model, outcome.to_dict()
-        elif not goals:  # blocks only
-            res_model, info = current, {}
-        elif target_macs is not None:
-            want = (1 - (1 - target_macs) * frac) * count_macs(original, size) / count_macs(current, size)
-            if want >= 1:  # the removed blocks already meet the MAC goal
-                res_model, info = current, {"note": "the removed blocks already meet the MAC target: no channels pruned"}
-            else:
-                outcome = prune_to_macs(current, size, min(want, 0.999), importance=importance,
-                                        global_pruning=global_pruning, channel_multiple=multiple, keep=keep,
-                                        grad_batches=grad_batches, **alloc)
-                res_model, info = outcome.model, outcome.to_dict()
-        else:
-            res_model, info = _prune_to_latency(current, card, size, target_latency_ms, backends[0], threads[0],
-                                                profile=prof if prof is not None and prof.name != "host" else None,
-                                                precision=deploy_precision, calibration=calibration,
-                                                importance=importance, global_pruning=global_pruning,
-                                                channel_multiple=multiple, keep=keep, grad_batches=grad_batches,
-                                                already_pruned=bool(depth), **alloc)
-        if latency_aware:
-            a = alloc["allocation"]
-            info["allocation"] = (f"latency-aware: lone-convolution table measured on {a.backend} {a.precision.upper()}, "
-                                  f"{a.threads} thread(s), "
-                                  f"on this machine; {len(a.steps)} greedy steps")
-        if skip_if_same_as is not None and steps == 1 and method == "channels":
+        pruned_path = out / f"step{i}_pruned.pt"
+        if resume and recover and pruned_path.exists() and pruned_path.with_suffix(".json").exists():
+            # this step's recovery was interrupted: continue it on the same pruned model (a
+            # latency-aware or latency-target prune times candidates: a second search could pick
+            # other widths than the ones the saved training state has)
             from ..models import load_model
-            if _widths(res_model) == _widths(load_model(skip_if_same_as).module):
-                raise SameWidths(f"the same widths as {skip_if_same_as}")
-        top1 = evaluate_top1(res_model, eval_split, card)[0]
-        pruned_top1 = top1 if pruned_top1 is None else pruned_top1
-        rec = {"step": i, **depth, **info, "top1_pruned": top1}
+            res_model = load_model(pruned_path).module
+            rec = json.loads(pruned_path.with_suffix(".json").read_text())
+            pruned_top1 = rec["top1_pruned"] if pruned_top1 is None else pruned_top1
+        else:
+            frac = i / steps
+            depth = {}
+            if drop_blocks and (k := round(drop_blocks * frac) - round(drop_blocks * (i - 1) / steps)):
+                from ..pruning.depth import drop_blocks as remove
+                d = remove(current, size, k, [x for x, _ in grad_batches()], keep=keep)
+                current, depth = d.model, {"depth": d.to_dict()}
+            alloc = {}
+            if latency_aware:  # widths change every step: measure the current model's layers again
+                alloc["allocation"] = _allocate(current, size, multiple, importance, keep, backends[0], threads[0],
+                                                deploy_precision, grad_batches)
+            if method == "sparsity":
+                res_model, info = sparsify(current, sparsity * frac), {"sparsity": round(sparsity * frac, 4)}
+            elif ratio is not None:
+                per_step = 1 - (1 - ratio) ** (1 / steps)
+                outcome = prune_channels(current, size, per_step, importance=importance, global_pruning=global_pruning,
+                                         channel_multiple=multiple, keep=keep, grad_batches=grad_batches, **alloc)
+                res_model, info = outcome.model, outcome.to_dict()
+            elif not goals:  # blocks only
+                res_model, info = current, {}
+            elif target_macs is not None:
+                want = (1 - (1 - target_macs) * frac) * count_macs(original, size) / count_macs(current, size)
+                if want >= 1:  # the removed blocks already meet the MAC goal
+                    res_model, info = current, {"note": "the removed blocks already meet the MAC target: no channels pruned"}
+                else:
+                    outcome = prune_to_macs(current, size, min(want, 0.999), importance=importance,
+                                            global_pruning=global_pruning, channel_multiple=multiple, keep=keep,
+                                            grad_batches=grad_batches, **alloc)
+                    res_model, info = outcome.model, outcome.to_dict()
+            else:
+                res_model, info = _prune_to_latency(current, card, size, target_latency_ms, backends[0], threads[0],
+                                                    profile=prof if prof is not None and prof.name != "host" else None,
+                                                    precision=deploy_precision, calibration=calibration,
+                                                    importance=importance, global_pruning=global_pruning,
+                                                    channel_multiple=multiple, keep=keep, grad_batches=grad_batches,
+                                                    already_pruned=bool(depth), **alloc)
+            if latency_aware:
+                a = alloc["allocation"]
+                info["allocation"] = (f"latency-aware: lone-convolution table measured on {a.backend} {a.precision.upper()}, "
+                                      f"{a.threads} thread(s), "
+                                      f"on this machine; {len(a.steps)} greedy steps")
+            if skip_if_same_as is not None and steps == 1 and method == "channels":
+                from ..models import load_model
+                if _widths(res_model) == _widths(load_model(skip_if_same_as).module):
+                    raise SameWidths(f"the same widths as {skip_if_same_as}")
+            top1 = evaluate_top1(res_model, eval_split, card)[0]
+            pruned_top1 = top1 if pruned_top1 is None else pruned_top1
+            rec = {"step": i, **depth, **info, "top1_pruned": top1}
+            if recover:
+                save_model(res_model, card, pruned_path)
+                atomic_write_json(pruned_path.with_suffix(".json"), rec)
         if recover:
             objective = (_distill(res_model, original, card, temperature, alpha) if kd
                          else Supervised(res_model, cfg.label_smoothing))
@@ -230,6 +242,8 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
         current = res_model
         save_model(current, card, step_path)
         atomic_write_json(step_path.with_suffix(".json"), rec)
+        pruned_path.unlink(missing_ok=True)
+        pruned_path.with_suffix(".json").unlink(missing_ok=True)
         step_log.append(rec)
     current.eval()
     top1_final = evaluate_top1(current, eval_split, card)[0]
