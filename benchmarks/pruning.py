@@ -129,7 +129,8 @@ def markdown(results: dict, env: dict, args) -> str:
            "ranking (latency-aware: widths from lone-convolution latencies measured on ONNX Runtime, 1 thread, FP32 "
            "unless it says INT8), "
            "channel multiple 8 unless stated; INT8 = edgekit PTQ (512 calibration images). Latency: "
-           f"interleaved passes, {args.iters} calls per row per thread count.",
+           f"interleaved passes, {args.iters} calls per row per thread count."
+           + (" No MobileNetV2 rows in this run (--no-student)." if args.no_student else ""),
            f"CPU {env['cpu']['model']}; torch {env['versions']['torch']}, onnxruntime {env['versions']['onnxruntime']}, "
            f"openvino {env['versions']['openvino']}, torch-pruning {env['versions']['torch-pruning']}; {env['date']}.", ""]
     return "\n".join(md)
@@ -145,6 +146,7 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=6)
     ap.add_argument("--int8-table", action="store_true",
                     help="also widths from an INT8 latency table (another 20 minutes)")
+    ap.add_argument("--no-student", action="store_true", help="ResNet-56 only: no MobileNetV2 rows")
     ap.add_argument("--train-limit", type=int, default=0, help="smoke runs: train on N images (0 = all)")
     ap.add_argument("--work", type=Path, default=WORKP, help="run folders and results (smoke runs: elsewhere)")
     args = ap.parse_args()
@@ -175,7 +177,7 @@ def main() -> None:
         # here, 1.7x fewer MACs): a ratio, not a MAC target
         models["ResNet-56"]["latency-aware widths from an INT8 table, as far as INT8 gets faster + recovery"] = pruned(
             r56, "r56_latency_int8", args, ratio=0.7, kd=True, latency_aware=True, latency_precision="int8")
-    mbv2 = student()
+    mbv2 = None if args.no_student else student()
     if mbv2 is not None:
         models["MobileNetV2 student"] = {"unpruned": mbv2,
                                          "1.5x fewer MACs + recovery": pruned(
