@@ -12,7 +12,7 @@ threads, batch 1, all variants of a model timed in one interleaved run.
 
 Resumable: run folders under benchmarks/work/prune/. Writes benchmarks/results/pruning.{json,md}.
 
-    python benchmarks/pruning.py [--teacher-epochs 3] [--recovery-epochs 4]
+    python benchmarks/pruning.py [--teacher-epochs 3] [--recovery-epochs 4] [--no-student] [--int8-table]
 """
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
     `skip_if_same_as` (one-step channel pruning): raise SameWidths, before any recovery, if the
     pruned model has the widths of that model file."""
     from ..inputs import parse_backends, parse_threads
-    from ..models import save_model
+    from ..models import load_model, save_model
     from ..models.stats import count_macs, count_params
     from ..pruning import prune_channels, prune_to_macs, sparsify
 
@@ -166,20 +166,17 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
     current = module
     for i in range(1, steps + 1):
         step_path = out / f"step{i}.pt"
-        if resume and step_path.exists() and step_path.with_suffix(".json").exists():  # step already done
-            from ..models import load_model
-            current = load_model(step_path).module
-            step_log.append(json.loads(step_path.with_suffix(".json").read_text()))
+        if resume and (done := _saved_step(step_path)):  # step already done
+            current, rec = done
+            step_log.append(rec)
             pruned_top1 = step_log[0]["top1_pruned"]
             continue
         pruned_path = out / f"step{i}_pruned.pt"
-        if resume and recover and pruned_path.exists() and pruned_path.with_suffix(".json").exists():
+        if resume and recover and (saved := _saved_step(pruned_path)):
             # this step's recovery was interrupted: continue it on the same pruned model (a
             # latency-aware or latency-target prune times candidates: a second search could pick
             # other widths than the ones the saved training state has)
-            from ..models import load_model
-            res_model = load_model(pruned_path).module
-            rec = json.loads(pruned_path.with_suffix(".json").read_text())
+            res_model, rec = saved
             pruned_top1 = rec["top1_pruned"] if pruned_top1 is None else pruned_top1
         else:
             frac = i / steps
@@ -223,7 +220,6 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
                                       f"{a.threads} thread(s), "
                                       f"on this machine; {len(a.steps)} greedy steps")
             if skip_if_same_as is not None and steps == 1 and method == "channels":
-                from ..models import load_model
                 if _widths(res_model) == _widths(load_model(skip_if_same_as).module):
                     raise SameWidths(f"the same widths as {skip_if_same_as}")
             top1 = evaluate_top1(res_model, eval_split, card)[0]
@@ -285,6 +281,15 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
     atomic_write_text(out / "report.md", _report(result))
     shutil.rmtree(out / ".work", ignore_errors=True)
     return result
+
+
+def _saved_step(path: Path):
+    """(module, record) of a step checkpoint and its JSON record, or None if either is missing."""
+    from ..models import load_model
+
+    if not (path.exists() and path.with_suffix(".json").exists()):
+        return None
+    return load_model(path).module, json.loads(path.with_suffix(".json").read_text())
 
 
 def _allocate(model, size, multiple, importance, keep, backend, threads, precision, grad_batches):
