@@ -5,6 +5,7 @@ mixed precision stays within its budget, quantized checkpoints reload and benchm
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import onnx
@@ -20,7 +21,7 @@ from edgekit.data import load_dataset
 from edgekit.errors import ExportError, InputError
 from edgekit.exporters.qdq import check_tensorrt_rules, export_qdq
 from edgekit.models import get_model
-from edgekit.quant import (QuantConv2d, act_quants, calibrate, fold_batchnorm, plan, prepare,
+from edgekit.quant import (ActQuant, QuantConv2d, act_quants, calibrate, fold_batchnorm, plan, prepare,
                            quant_layers)
 from edgekit.train import TrainConfig
 from edgekit.train.engine import evaluate_top1
@@ -317,6 +318,16 @@ def test_relu6_model_runs_in_integer_kernels(cifar_dir, tmp_path, unsigned):
         clips = {n.output[0] for n in g.node if n.op_type == "Clip"}
         assert len(clips) == 1  # the last one feeds the float average pool
         assert not [n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] in clips]
+        # every bias is the torch model's, already on the INT32 grid in_scale * w_scale
+        inits = {i.name: onnx.numpy_helper.to_array(i) for i in g.initializer}
+        prod = {o: n for n in g.node for o in n.output}
+        file_biases = [prod[n.input[2]] for n in g.node if n.op_type in ("Conv", "Gemm") and len(n.input) > 2]
+        layers = list(quant_layers(q).values())
+        assert len(file_biases) == len(layers) == 53
+        for dq, layer in zip(file_biases, layers):
+            assert inits[dq.input[0]].dtype == np.int32
+            np.testing.assert_allclose(inits[dq.input[0]] * inits[dq.input[1]],
+                                       layer.quant_bias().detach().numpy(), rtol=1e-6, atol=1e-9)
         # and closer to its torch model than the signed model's ONNX Runtime file is to its own
         signed = prepare(copy.deepcopy(module).eval(), plan(module, 8))
         calibrate(signed, calib)
@@ -326,7 +337,23 @@ def test_relu6_model_runs_in_integer_kernels(cifar_dir, tmp_path, unsigned):
         err_s = np.abs(OrtRunner(s_file, precision="int8", threads=1)(x.numpy()) - ref_s).mean()
         assert np.abs(runner(x.numpy()) - ref).mean() < err_s
         return
+    # Signed (TensorRT's grid): the exact-grid file, its biases on the INT32 grid the torch
+    # model rounds them to, agrees with it (float biases here left it near 60% on this model)
     exact = export_qdq(q, card, tmp_path / "mbv2_trt.onnx", target="tensorrt")
-    err_ort = np.abs(runner(x.numpy()) - ref).mean()
-    err_exact = np.abs(OrtRunner(exact, precision="int8", threads=1)(x.numpy()) - ref).mean()
-    assert err_ort <= 1.5 * err_exact, (err_ort, err_exact)
+    out_exact = OrtRunner(exact, precision="int8", threads=1)(x.numpy())
+    assert (out_exact.argmax(1) == ref.argmax(1)).mean() >= 0.95
+    # The ONNX Runtime form writes a ReLU6 -> signed quantizer as Relu -> UINT8 (zero point 0) to
+    # get it fused: values the signed grid clips at 127 steps pass up to 255. That documented
+    # change, made in a torch twin, accounts for nearly all of the file's difference.
+    out_ort = runner(x.numpy())
+    mods = dict(q.named_modules())
+    for node in q.graph.nodes:
+        aq = mods.get(node.target) if node.op == "call_module" else None
+        src = node.args[0] if node.args else None
+        clip = mods.get(src.target) if isinstance(src, torch.fx.Node) and src.op == "call_module" else None
+        if isinstance(aq, ActQuant) and isinstance(clip, torch.nn.ReLU6) and round(6 / float(aq.scale)) >= 127:
+            aq.qmin, aq.qmax, clip.max_val = 0, 255, math.inf
+    with torch.no_grad():
+        twin = q(x).numpy()
+    err_ort, err_twin = np.abs(out_ort - ref).mean(), np.abs(out_ort - twin).mean()
+    assert err_twin < err_ort / 5, (err_twin, err_ort)

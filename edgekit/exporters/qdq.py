@@ -57,6 +57,7 @@ def float_twin(qmodel: "nn.Module") -> tuple["nn.Module", dict[str, dict]]:
     records = {}
     for name, q in quant_layers(twin).items():
         iw, s = q.int_weight()
+        bias = q.quant_bias()  # on the INT32 grid where the torch model puts it there
         if isinstance(q, QuantConv2d):
             plain = nn.Conv2d(q.in_channels, q.out_channels, q.kernel_size, q.stride, q.padding,
                               q.dilation, q.groups, q.bias is not None, q.padding_mode)
@@ -64,11 +65,11 @@ def float_twin(qmodel: "nn.Module") -> tuple["nn.Module", dict[str, dict]]:
             plain = nn.Linear(q.in_features, q.out_features, q.bias is not None)
         with torch.no_grad():
             plain.weight.copy_(iw * s.view((-1,) + (1,) * (iw.ndim - 1)))
-            if q.bias is not None:
-                plain.bias.copy_(q.bias)
+            if bias is not None:
+                plain.bias.copy_(bias)
         records[name] = {"bits": q.w_bits, "int_weight": iw.to(torch.int8).numpy(),
                          "w_scale": s.detach().float().numpy(),
-                         "bias": q.bias.detach().float().numpy() if q.bias is not None else None}
+                         "bias": bias.detach().float().numpy() if bias is not None else None}
         twin.set_submodule(name, plain)
     for a in act_quants(twin).values():
         a.export_scale = float(a.scale)

@@ -12,6 +12,12 @@ torch model must be trained on it too (a signed-trained tensor written as UINT8 
 values the torch model clipped). The same code does 4-bit weights, which no library offers for
 convolutions. Scales are trainable parameters, so QAT adapts the clipping ranges as well as
 the weights.
+
+Biases: an integer kernel adds the bias as INT32 on the grid in_scale * w_scale (the form the
+ONNX Runtime file stores and OpenVINO converts). A layer linked to its input's quantizer
+(`link_input`) rounds its bias to that grid too. The rounding is below one part in a thousand
+of an activation step, yet on MobileNetV2 it alone moved 1.3% of top-1 predictions, and
+keeping the float bias left its ONNX Runtime files at 98.1-98.8% agreement with the torch model.
 """
 
 from __future__ import annotations
@@ -129,6 +135,23 @@ class _QuantWeight(nn.Module):
 
     w_bits: int
     w_log_scale: nn.Parameter
+    bias: torch.Tensor | None
+
+    def link_input(self, aq: ActQuant) -> None:
+        """Put the bias on the INT32 grid of this input quantizer. Kept out of `_modules` (the
+        quantizer is registered where prepare.py placed it; a second registration would add
+        its scale to this layer's state_dict)."""
+        self.__dict__["_input_quant"] = aq
+
+    def quant_bias(self) -> torch.Tensor | None:
+        """The bias as the integer kernel adds it: round(b / (in_scale * w_scale)) on that grid
+        (straight-through gradient; the scales get none from it). Float while the input
+        quantizer is still calibrating, or when the input is not quantized."""
+        aq = self.__dict__.get("_input_quant")
+        if self.bias is None or aq is None or aq.observing:
+            return self.bias
+        step = (aq.scale * self.w_log_scale.detach().exp()).to(self.bias.dtype)
+        return _round_ste(self.bias / step) * step
 
     def _init_quant(self, w_bits: int) -> None:
         self.w_bits = w_bits
@@ -164,7 +187,7 @@ class QuantConv2d(nn.Conv2d, _QuantWeight):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.quant_weight(), self.bias)
+        return self._conv_forward(x, self.quant_weight(), self.quant_bias())
 
 
 class QuantLinear(nn.Linear, _QuantWeight):
@@ -176,7 +199,7 @@ class QuantLinear(nn.Linear, _QuantWeight):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.quant_weight(), self.bias)
+        return F.linear(x, self.quant_weight(), self.quant_bias())
 
 
 #: float layer type -> its fake-quant replacement

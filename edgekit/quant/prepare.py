@@ -28,7 +28,7 @@ from torch import fx, nn
 from ..errors import InputError
 from .fakequant import QUANT_LAYERS, ActQuant, QuantConv2d, QuantLinear
 
-__all__ = ["QuantSpec", "fold_batchnorm", "plan", "prepare", "calibrate", "is_quantized", "quant_layers",
+__all__ = ["QuantSpec", "fold_batchnorm", "link_bias_grid", "plan", "prepare", "calibrate", "is_quantized", "quant_layers",
            "act_quants", "int4_convolutions", "unsigned_tensors", "rebuild", "spec_of", "SPEC_ATTR"]
 
 SPEC_ATTR = "edgekit_quant"
@@ -50,6 +50,8 @@ class QuantSpec(BaseModel):
     folded_bn: list[str] = Field(default_factory=list)
     #: the precision name in tables: int8, w4a8 or mixed
     label: str = "int8"
+    #: biases on the INT32 grid in_scale * w_scale (False: float, how checkpoints before it were trained)
+    int_bias: bool = False
 
 
 def _trace(model: nn.Module) -> fx.GraphModule:
@@ -229,11 +231,24 @@ def _drop_identities(gm: fx.GraphModule) -> None:
     gm.recompile()
 
 
+def link_bias_grid(gm: fx.GraphModule) -> None:
+    """Put each quantized layer's bias on the INT32 grid of the ActQuant feeding it (what
+    `prepare(int_bias=True)` does; for re-scoring a checkpoint trained before that default)."""
+    mods = dict(gm.named_modules())
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and isinstance(mods.get(node.target), (QuantConv2d, QuantLinear)) and node.args:
+            src = node.args[0]
+            if isinstance(src, fx.Node) and src.op == "call_module" and isinstance(mods.get(src.target), ActQuant):
+                mods[node.target].link_input(mods[src.target])
+
+
 def prepare(model: nn.Module, weights: dict[str, int], *, act_bits: int = 8, label: str = "int8",
-            tensors: list[str] | None = None, unsigned: bool | list[str] = False) -> fx.GraphModule:
+            tensors: list[str] | None = None, unsigned: bool | list[str] = False,
+            int_bias: bool = True) -> fx.GraphModule:
     """Fold BN, swap the planned layers for fake-quant ones, quantize their input tensors (and
     residual adds'). The caller calibrates. `model` itself is modified (BN folded).
-    `unsigned=True`: non-negative tensors on the unsigned grid (not for TensorRT)."""
+    `unsigned=True`: non-negative tensors on the unsigned grid (not for TensorRT).
+    `int_bias`: biases on the INT32 grid the integer kernels add (see fakequant.py)."""
     folded = fold_batchnorm(model)
     gm = _trace(model)
     _drop_identities(gm)
@@ -244,8 +259,10 @@ def prepare(model: nn.Module, weights: dict[str, int], *, act_bits: int = 8, lab
             raise InputError(f"layer {name} ({type(layer).__name__}) cannot be quantized")
         gm.set_submodule(name, cls.from_float(layer, b))
     chosen, uns = _quantize_tensors(gm, set(weights), act_bits, tensors, unsigned)
+    if int_bias:
+        link_bias_grid(gm)
     spec = QuantSpec(weights=dict(weights), act_bits=act_bits, tensors=chosen, unsigned=uns, folded_bn=folded,
-                     label=label)
+                     label=label, int_bias=int_bias)
     setattr(gm, SPEC_ATTR, spec.model_dump())
     return gm
 
@@ -254,7 +271,8 @@ def rebuild(model: nn.Module, spec: dict) -> fx.GraphModule:
     """A freshly built float arch -> the quantized structure a stored spec describes (load its
     state_dict afterwards)."""
     s = QuantSpec.model_validate(spec)
-    return prepare(model, s.weights, act_bits=s.act_bits, label=s.label, tensors=s.tensors, unsigned=s.unsigned)
+    return prepare(model, s.weights, act_bits=s.act_bits, label=s.label, tensors=s.tensors, unsigned=s.unsigned,
+                   int_bias=s.int_bias)
 
 
 def spec_of(model: nn.Module) -> QuantSpec | None:
