@@ -22,11 +22,14 @@ of the fine-tuned ResNet-56; at least as accurate and as fast as ResNet-20 and R
 Resumable: every phase is a folder under benchmarks/work/compress/ (compress runs resume).
 Writes benchmarks/results/compress.{json,md} and compress_<profile>/{report.md,report.json,pareto.png}.
 
-    python benchmarks/compress.py [--distill-epochs 10] [--quick]
+    python benchmarks/compress.py [--distill-epochs 10] [--width 0.5] [--student-weights FILE] [--quick]
 
 Distillation defaults to 10 epochs: with the pruned ResNet-56 as teacher an epoch takes about
 3.5 minutes on 2 cores. benchmarks/distill.py trains the same student for 30 epochs (85.10%), which
-the x86 profile's 1-point budget rolls back just the same.
+the x86 profile's 1-point budget rolls back just the same. `--student-weights` starts the
+student from benchmarks/distill.py's KD student (same width) so that the pipeline's distill stage
+adapts a trained student to the pruned teacher instead of training one in 10 epochs; the report's
+recipe records it.
 """
 
 from __future__ import annotations
@@ -90,9 +93,10 @@ def recipe(args, full: bool) -> Recipe:
         stages = [{"stage": "prune", "drop_blocks": args.drop_blocks or None, "target_macs": args.target_macs,
                    "recovery_epochs": args.recovery_epochs, "kd": True},
                   {"stage": "distill", "student": f"cifar_mobilenet_v2:width={args.width}",
-                   "epochs": args.distill_epochs}] + stages
+                   "student_weights": args.student_weights, "epochs": args.distill_epochs}] + stages
     what = (f"remove {args.drop_blocks} blocks, " if args.drop_blocks else "") + f"prune to {args.target_macs} of the MACs"
-    return Recipe.model_validate({"name": f"benchmark: {what} + distill + INT8 QAT" if full else "INT8 QAT",
+    kd = "distill" + (f" (student starts from {args.student_weights})" if args.student_weights else "")
+    return Recipe.model_validate({"name": f"benchmark: {what} + {kd} + INT8 QAT" if full else "INT8 QAT",
                                   "train": {"batch_size": 128, "train_limit": args.train_limit}, "stages": stages})
 
 
@@ -206,6 +210,9 @@ def main() -> None:
     ap.add_argument("--distill-epochs", type=int, default=10)
     ap.add_argument("--qat-epochs", type=int, default=1)
     ap.add_argument("--width", type=float, default=0.5)
+    ap.add_argument("--student-weights", default=None,
+                    help="start the distill stage's student from these weights (e.g. benchmarks/distill.py's "
+                         "KD student of the same --width) instead of a fresh init")
     ap.add_argument("--profiles", default="x86,jetson,raspberry-pi-5")
     ap.add_argument("--limit", type=int, default=0, help="test images (0 = all)")
     ap.add_argument("--iters", type=int, default=300)

@@ -275,6 +275,7 @@ def finetune_cmd(model: str = MODEL, data: str = DATA,
 @app.command("distill")
 def distill_cmd(teacher: str = typer.Option(..., "--teacher", help="Teacher model file."),
                 student: str = typer.Option(..., "--student", help="Zoo name, e.g. cifar_mobilenet_v2:width=0.5."),
+                student_weights: Optional[Path] = typer.Option(None, "--student-weights", help="Start the student from these weights (a checkpoint of that same student) instead of a fresh init."),
                 data: str = DATA, out: Path = typer.Option(..., "--out", help="Run directory."),
                 teacher_arch: Optional[str] = typer.Option(None, "--teacher-arch", help="Architecture of a weights-only teacher."),
                 temperature: float = typer.Option(4.0, "--temperature", "-T", help="Softening temperature."),
@@ -293,7 +294,7 @@ def distill_cmd(teacher: str = typer.Option(..., "--teacher", help="Teacher mode
                         label_smoothing, grad_clip, no_augment, train_limit, eval_limit, seed)
     res = distill(teacher, student=student, data=data, out=out, teacher_arch=teacher_arch,
                   trust_pickle=trust_pickle, temperature=temperature, alpha=alpha, feature=feature,
-                  feature_weight=feature_weight, config=cfg, resume=resume)
+                  feature_weight=feature_weight, config=cfg, student_weights=student_weights, resume=resume)
     if _is_main():
         _print_training(res, f"distill {student}")
 

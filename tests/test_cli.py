@@ -96,7 +96,10 @@ def bad_inputs(tmp_path, resnet20_path, cifar_dir):
                        .replace("bandwidth_gbs: 17.1", "bandwidth_gbs: fast"))
     deconv = tmp_path / "deconv.pt"
     torch.save(DeconvNet(), deconv)
-    return dict(deconv=deconv, badprof=badprof, garbage=garbage, empty=empty, noimg=noimg, badimg=badimg, a_file=a_file,
+    from edgekit.models import get_model
+    student = tmp_path / "student.pt"
+    torch.save(get_model("cifar_mobilenet_v2:width=0.5", num_classes=10)[0].state_dict(), student)
+    return dict(deconv=deconv, student=student, badprof=badprof, garbage=garbage, empty=empty, noimg=noimg, badimg=badimg, a_file=a_file,
                 w=str(resnet20_path), data=str(cifar_dir), tmp=tmp_path)
 
 
@@ -135,6 +138,10 @@ CASES = {
                          "--target-macs", "0.5", "--out", "{tmp}/p"], ["exactly one of", "--ratio", "--target-macs"]),
     "prune unknown importance": (["prune", "{w}", "--arch", "cifar_resnet20", "--data", "{data}", "--ratio", "0.3",
                                   "--importance", "random", "--out", "{tmp}/p"], ["--importance", "l1", "taylor"]),
+    "student weights of another student": (["distill", "--teacher", "{w}", "--teacher-arch", "cifar_resnet20",
+                                            "--student", "cifar_mobilenet_v2:width=1.0", "--student-weights",
+                                            "{student}", "--data", "{data}", "--out", "{tmp}/o"],
+                                           ["student.pt", "do not match", "cifar_mobilenet_v2", "shape mismatches"]),
     "predict a precision the device lacks": (["profiles", "predict", "cifar_resnet20", "--profile", "jetson-nano",
                                               "--precision", "int8"], ["jetson-nano", "int8", "fp16"]),
     "profile with a wrong field": (["profiles", "show", "{badprof}"], ["board.yaml", "memory.bandwidth_gbs"]),

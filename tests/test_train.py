@@ -43,6 +43,21 @@ def test_distill_student_learns(tmp_path, kd_student, cifar_dir):
     assert row.status == "ok" and row.agreement >= 0.999
 
 
+def test_distill_starts_from_student_weights(tmp_path, kd_student, resnet20_path, cifar_dir):
+    """--student-weights: the run starts where the saved student is (same held-out images, same
+    top-1 before training), and weights of another student are refused, naming both."""
+    cfg = TrainConfig(epochs=1, batch_size=64, lr=0.01, train_limit=320, eval_limit=500)
+    res = distill(resnet20_path, teacher_arch="cifar_resnet20", student="cifar_mobilenet_v2:width=0.5",
+                  data=cifar_dir, out=tmp_path / "warm", config=cfg, student_weights=kd_student.best_path,
+                  progress=False)
+    assert res.initial_top1 == pytest.approx(kd_student.best_top1), (res.initial_top1, kd_student.best_top1)
+    assert res.initial_top1 > 20  # not a fresh student (about 10% on 10 classes)
+    with pytest.raises(InputError, match="do not fit student cifar_mobilenet_v2:width=1.0"):
+        distill(resnet20_path, teacher_arch="cifar_resnet20", student="cifar_mobilenet_v2:width=1.0",
+                data=cifar_dir, out=tmp_path / "wrong", config=cfg, student_weights=kd_student.best_path,
+                progress=False)
+
+
 def test_feature_distillation_auto_pair(tmp_path, resnet20_path, cifar_dir):
     from edgekit.stages.distill import _feature_maps, pick_feature_pair
     from edgekit.models import get_model, load_model

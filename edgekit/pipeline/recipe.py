@@ -64,6 +64,8 @@ class DistillStage(_Strict):
     stage: Literal["distill"]
     #: zoo name, e.g. cifar_mobilenet_v2:width=0.5 (`--student` overrides)
     student: str = "cifar_mobilenet_v2"
+    #: start the student from these weights (a checkpoint of that same student) instead of a fresh init
+    student_weights: str | None = None
     epochs: int = Field(5, ge=1)
     lr: float = Field(0.05, gt=0)
     temperature: float = Field(4.0, gt=0)

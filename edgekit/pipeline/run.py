@@ -107,7 +107,7 @@ def _run_stage(spec, src: _Source, folder: Path, ctx: dict) -> Path:
         res = distill(src.path, student=ctx["student"] or spec.student, data=data, out=folder,
                       teacher_arch=src.arch, trust_pickle=src.trust_pickle, temperature=spec.temperature,
                       alpha=spec.alpha, config=_config(recipe, spec.epochs, spec.lr, warmup_epochs=min(1.0, spec.epochs / 5)),
-                      resume=True, progress=progress)
+                      student_weights=spec.student_weights, resume=True, progress=progress)
         return res.last_path
     res = quantize(src.path, data=data, out=folder, mode=spec.mode, bits=spec.bits, arch=src.arch,
                    trust_pickle=src.trust_pickle, config=_config(recipe, spec.epochs, spec.lr, weight_decay=0.0,

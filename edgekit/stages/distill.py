@@ -143,15 +143,31 @@ class DistillObjective(Objective):
                 "teacher_cache": self._cache is not None and not self.feature}
 
 
+def _load_student(module: nn.Module, path: Path, student: str, num_classes: int, trust_pickle: bool) -> None:
+    """Copy a saved student's weights into the fresh `student`; refuse any that do not fit it."""
+    from ..models import load_model
+
+    saved = load_model(path, arch=student, num_classes=num_classes, trust_pickle=trust_pickle).module
+    try:
+        module.load_state_dict(saved.state_dict())
+    except RuntimeError as e:
+        first = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), str(e))[:160]
+        raise InputError(f"--student-weights {path} do not fit student {student} ({first}): pass weights "
+                         "saved from that same student (arch, width and classes)") from None
+
+
 def distill(teacher: str | Path, *, student: str, data: str | Path, out: str | Path,
             teacher_arch: str | None = None, trust_pickle: bool = False,
             temperature: float = 4.0, alpha: float = 0.9, feature: str | None = None,
             feature_weight: float = 1.0, config: TrainConfig | None = None,
+            student_weights: str | Path | None = None,
             resume: bool = False, progress: bool = True) -> TrainResult:
     """Train zoo model `student` (e.g. `cifar_mobilenet_v2:width=0.5`) from `teacher` on `data`.
 
     The student takes the teacher's input size, normalization and classes, so both see the
     same images. `feature`: None, "auto", or "STUDENT_MODULE:TEACHER_MODULE".
+    `student_weights`: start the student from these weights (a checkpoint or state_dict of that
+    same student, e.g. one distilled earlier) instead of a fresh initialisation.
     """
     from ..models import get_model
     from ..train import evaluate_top1
@@ -164,6 +180,8 @@ def distill(teacher: str | Path, *, student: str, data: str | Path, out: str | P
                          f"outputs than {data} has classes ({len(ds.classes)}); fine-tune it first")
     with seeded(cfg.seed):  # the student's initial weights: same seed, same student, whatever ran before
         s_module, s_card = get_model(student, num_classes=t_card.num_classes)
+    if student_weights is not None:
+        _load_student(s_module, Path(student_weights), student, t_card.num_classes, trust_pickle)
     s_card = s_card.with_(input_size=t_card.input_size, mean=t_card.mean, std=t_card.std,
                           resize=t_card.resize, class_names=t_card.class_names,
                           source=f"distilled from {teacher} on {ds.name}")
