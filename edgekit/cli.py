@@ -362,6 +362,7 @@ def prune_cmd(model: str = MODEL, data: str = DATA,
               drop_blocks: Optional[int] = typer.Option(None, "--drop-blocks", help="Remove this many residual blocks (those whose removal changes the outputs least), alone or before a channel goal."),
               importance: str = typer.Option("l2", "--importance", help="l1, l2, bn (BN scale) or taylor."),
               per_layer: bool = typer.Option(False, "--per-layer", help="Same ratio in every layer instead of one global ranking."),
+              measure_here: bool = typer.Option(False, "--measure-here", help="Meet --target-latency-ms by timing candidates here on the profile's first runtime even for a --profile that is not this host (run on the device itself, or this machine standing in for it)."),
               latency_aware: bool = typer.Option(False, "--latency-aware", help="Choose layer widths from per-layer latencies measured on the first runtime here (NetAdapt-style table), not the magnitude ranking."),
               latency_precision: Optional[str] = typer.Option(None, "--latency-precision", help="fp32 or int8: the deployed precision, which the --latency-aware table, a --target-latency-ms measured here and the report's extra INT8 rows use (default: the profile's preferred precision, else fp32)."),
               channel_multiple: Optional[int] = typer.Option(None, "--channel-multiple", help="Kept channels are multiples of this (default: the profile's, else 8)."),
@@ -395,7 +396,7 @@ def prune_cmd(model: str = MODEL, data: str = DATA,
                 steps=steps, config=cfg, recover=not no_recover, kd=kd, temperature=temperature, alpha=alpha,
                 profile=profile, backends=backends or None, threads=threads or None,
                 compare_rounding=compare_rounding, limit=_limit(limit), arch=arch, num_classes=num_classes,
-                trust_pickle=trust_pickle, resume=resume, seed=seed)
+                trust_pickle=trust_pickle, resume=resume, seed=seed, measure_here=measure_here)
     if _is_main():
         out_console.print((out / "report.md").read_text(), highlight=False)
         out_console.print(f"pruned checkpoint: {res.model_path} (use it with edgekit export/quantize/benchmark)",

@@ -30,6 +30,9 @@ def _recipe(tmp_path: Path, body: dict) -> Path:
     ([{"stage": "prune", "target_macs": 2.0}], "stages.0.target_macs"),
     ([{"stage": "prune", "drop_blocks": 0}], "stages.0.drop_blocks"),
     ([{"stage": "prune", "target_macs": None}], "stages.0"),
+    ([{"stage": "prune", "target_macs": 0.5, "target_latency_ms": 1.0}], "stages.0"),
+    ([{"stage": "prune", "target_latency_ms": 0}], "stages.0.target_latency_ms"),
+    ([{"stage": "prune", "measure_here": True}], "stages.0"),
     ([{"stage": "quantize", "bits": 3}], "stages.0.bits"),
     ([{"stage": "quantize", "colour": "red"}], "stages.0.colour"),
     ([{"stage": "benchmark"}, {"stage": "prune"}], "stages.1"),
@@ -39,6 +42,19 @@ def _recipe(tmp_path: Path, body: dict) -> Path:
 def test_bad_recipe_names_the_field(tmp_path, stages, field):
     with pytest.raises(ConfigError, match=f"field '{field}|{field}:"):
         load_recipe(_recipe(tmp_path, {"stages": stages}))
+
+
+def test_latency_goal_replaces_the_default_mac_goal_and_relaxes_on_retry():
+    """A prune stage with target_latency_ms drops the default target_macs (one goal), and a budget
+    miss retries it with 1.25x the latency each time."""
+    from edgekit.pipeline.recipe import Recipe
+    from edgekit.pipeline.run import _gentler
+
+    spec = Recipe.model_validate({"stages": [{"stage": "prune", "target_latency_ms": 0.3, "measure_here": True}]}).stages[0]
+    assert spec.target_macs is None and spec.measure_here
+    tries = _gentler(spec)
+    assert [t.target_latency_ms for t in tries] == [0.3, 0.375, 0.4688]
+    assert all(t.target_macs is None and t.measure_here for t in tries)
 
 
 def test_resume_reads_an_older_recipe_with_todays_defaults(tmp_path):

@@ -156,6 +156,26 @@ def test_latency_target_is_measured_and_checked_again(resnet20_path, cifar_dir, 
     assert "Latency target" in (tmp_path / "p" / "report.md").read_text()
 
 
+def test_latency_target_for_a_profile_measured_here(resnet20_path, cifar_dir, tmp_path):
+    """`--measure-here`: a named profile (x86, a device that is not this machine) normally meets a
+    latency target on its prediction; on the device itself, or with this host standing in, the
+    candidates are timed here on the profile's first runtime instead."""
+    from edgekit.errors import InputError
+    from edgekit.stages.prune import measure_latency
+
+    module, card = get_model("cifar_resnet20", num_classes=10)
+    base = measure_latency({"r20": module}, card, tmp_path / "m", ["onnxruntime"], [1])[0]["latency_ms_p50"]
+    res = edgekit.prune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "p", profile="x86",
+                        measure_here=True, latency_precision="fp32", target_latency_ms=round(0.7 * base, 3),
+                        recover=False, limit=50, progress=False, timing=FAST)
+    step = res.steps[0]
+    assert "predicted_ms" not in step and step["backend"] == "onnxruntime FP32"
+    assert step["measured_ms"] <= 0.7 * base + 1e-3 and res.summary["target_latency"]["on"] == "onnxruntime FP32, 1 thread(s)"
+    with pytest.raises(InputError, match="--measure-here .* --target-latency-ms"):
+        edgekit.prune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "q", profile="x86",
+                      measure_here=True, target_macs=0.5, recover=False, progress=False)
+
+
 def test_more_pruning_never_gives_a_bigger_model(resnet20_path):
     """With channel rounding, a layer that would round to 0 keeps one multiple (Torch-Pruning's
     own rounding put it back to full width, so ratio 0.9 pruned less than 0.6)."""

@@ -41,8 +41,13 @@ class FinetuneStage(_Strict):
 class PruneStage(_Strict):
     stage: Literal["prune"]
     #: fraction of MACs kept (0.5 = 2x fewer), counted from the stage's input model; null with
-    #: drop_blocks alone
+    #: drop_blocks alone or with target_latency_ms
     target_macs: float | None = Field(0.5, gt=0, lt=1)
+    #: prune channels until batch-1 latency is at most this (ms) in the profile's preferred
+    #: precision: predicted by the profile's latency model for a device that is not this host,
+    #: timed here on its first runtime with measure_here (or for the host profile)
+    target_latency_ms: float | None = Field(None, gt=0)
+    measure_here: bool = False
     #: remove this many residual blocks first (`edgekit prune --drop-blocks`)
     drop_blocks: int | None = Field(None, ge=1)
     recovery_epochs: int = Field(1, ge=0)
@@ -55,8 +60,14 @@ class PruneStage(_Strict):
 
     @model_validator(mode="after")
     def _something_to_prune(self) -> "PruneStage":
-        if self.target_macs is None and self.drop_blocks is None:
-            raise ValueError("a prune stage needs target_macs, drop_blocks or both")
+        if self.target_latency_ms is not None:
+            if "target_macs" in self.model_fields_set and self.target_macs is not None:
+                raise ValueError("give target_macs or target_latency_ms, not both")
+            self.target_macs = None  # the default MAC goal gives way to the latency goal
+        elif self.measure_here:
+            raise ValueError("measure_here says where target_latency_ms is timed: give target_latency_ms too")
+        if self.target_macs is None and self.drop_blocks is None and self.target_latency_ms is None:
+            raise ValueError("a prune stage needs target_macs, target_latency_ms or drop_blocks")
         return self
 
 

@@ -55,14 +55,15 @@ class CompressResult:
 def _gentler(spec) -> list:
     """The settings to try, first the recipe's, then gentler ones (a budget miss retries them)."""
     out = [spec]
-    if spec.stage == "prune":  # keep more MACs, remove fewer blocks
-        t, d = spec.target_macs, spec.drop_blocks
+    if spec.stage == "prune":  # keep more MACs, allow more latency, remove fewer blocks
+        t, ms, d = spec.target_macs, spec.target_latency_ms, spec.drop_blocks
         for _ in range(2):
             t = None if t is None else round((t + 1) / 2, 4)
+            ms = None if ms is None else round(ms * 1.25, 4)
             d = None if d is None else (d // 2 or None)
-            if t is None and d is None:
+            if t is None and ms is None and d is None:
                 break
-            out.append(spec.model_copy(update={"target_macs": t, "drop_blocks": d}))
+            out.append(spec.model_copy(update={"target_macs": t, "target_latency_ms": ms, "drop_blocks": d}))
     elif spec.stage == "quantize":
         if spec.bits == 4:
             out.append(spec.model_copy(update={"bits": 8}))
@@ -94,7 +95,7 @@ def _run_stage(spec, src: _Source, folder: Path, ctx: dict) -> Path:
         return res.last_path
     if spec.stage == "prune":
         prune(src.path, data=data, out=folder, target_macs=spec.target_macs, drop_blocks=spec.drop_blocks,
-              importance=spec.importance,
+              target_latency_ms=spec.target_latency_ms, measure_here=spec.measure_here, importance=spec.importance,
               latency_aware=spec.latency_aware,
               config=_config(recipe, max(spec.recovery_epochs, 1), spec.lr), recover=spec.recovery_epochs > 0,
               kd=spec.kd, profile=ctx["profile"], limit=ctx["limit"], arch=src.arch, trust_pickle=src.trust_pickle,
@@ -301,10 +302,16 @@ def compress(model: str | Path, *, profile: str, data: str | Path, out: str | Pa
                 t0 = time.time()
                 try:
                     path = _run_stage(attempt, src, folder, {**ctx, "same_as": prev and prev["model"]})
-                except SameWidths:  # a gentler target rounded onto the same widths: the same model again
+                except (SameWidths, InputError) as e:
+                    # a gentler target rounded onto the same widths (the same model again), or a
+                    # gentler latency target the input model already meets: nothing new to try
+                    if isinstance(e, InputError) and k == 1:
+                        raise
                     shutil.rmtree(folder, ignore_errors=True)
+                    note = (f"same widths as attempt {prev['attempt']}" if isinstance(e, SameWidths)
+                            else f"nothing to try: {e}")
                     r = {**prev, "attempt": k, "settings": attempt.model_dump(), "status": "skipped",
-                         "note": f"same widths as attempt {prev['attempt']}", "seconds": round(time.time() - t0, 1)}
+                         "note": note, "seconds": round(time.time() - t0, 1)}
                     state["stages"].append(r)
                     save()
                     continue

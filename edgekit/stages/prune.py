@@ -77,7 +77,7 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
           compare_rounding: bool = False, latency_precisions: Sequence[str] | None = None,
           limit: int | None = 1000, arch: str | None = None, num_classes: int | None = None,
           trust_pickle: bool = False, resume: bool = False, progress: bool = True, seed: int = 0, timing=None,
-          skip_if_same_as: str | Path | None = None) -> PruneResult:
+          skip_if_same_as: str | Path | None = None, measure_here: bool = False) -> PruneResult:
     """Prune `model` (see the module docstring); exactly one of ratio / target_macs /
     target_latency_ms (channels) or sparsity (unstructured); `drop_blocks` removes that many
     residual blocks first (pruning.depth, spread over the steps), alone or with a channel goal,
@@ -88,7 +88,9 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
     FP32) on every backend. Writes into `out`: model.pt,
     train_step<i>/ (recovery runs; `resume=True` continues them), prune.json, report.md.
     `skip_if_same_as` (one-step channel pruning): raise SameWidths, before any recovery, if the
-    pruned model has the widths of that model file."""
+    pruned model has the widths of that model file. A `target_latency_ms` with a profile that is
+    not this host is met on the profile's latency model, unless `measure_here` (running on the
+    device itself, or this host standing in for it): then it is timed here like the host's."""
     from ..inputs import parse_backends, parse_threads
     from ..models import load_model, save_model
     from ..models.stats import count_macs, count_params
@@ -118,10 +120,13 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
         raise InputError(f"--latency-precision must be fp32 or int8, got {latency_precision!r}")
     if target_latency_ms is not None and target_latency_ms <= 0:
         raise InputError("--target-latency-ms must be > 0")
+    if measure_here and target_latency_ms is None:
+        raise InputError("--measure-here says where --target-latency-ms is timed: give --target-latency-ms too")
     prof = None
     if profile:
         from ..profiles import get_profile
         prof = get_profile(profile)
+    predicted = prof is not None and prof.name != "host" and not measure_here
     # what the model is deployed in: the latency-aware table, a host latency target and the
     # report measure it (INT8: each runtime's own PTQ on real images), FP32 is reported too
     deploy_precision = latency_precision or (prof.preferred_precision if prof and prof.preferred_precision == "int8"
@@ -209,7 +214,7 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
                     res_model, info = outcome.model, outcome.to_dict()
             else:
                 res_model, info = _prune_to_latency(current, card, size, target_latency_ms, backends[0], threads[0],
-                                                    profile=prof if prof is not None and prof.name != "host" else None,
+                                                    profile=prof if predicted else None,
                                                     precision=deploy_precision, calibration=calibration,
                                                     importance=importance, global_pruning=global_pruning,
                                                     channel_multiple=multiple, keep=keep, grad_batches=grad_batches,
@@ -267,7 +272,7 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
     extra = ["fp32"] if latency_precisions is None else list(latency_precisions)
     latency = measure_latency(variants, card, out / ".work", backends, threads, timing,
                               precisions=list(dict.fromkeys([*extra, deploy_precision])), calibration=calibration)
-    if target_latency_ms is not None and not (prof is not None and prof.name != "host"):
+    if target_latency_ms is not None and not predicted:
         # the search timed candidates briefly; the table above is the longer, final measurement
         final = next(x for x in latency if x["variant"] == "pruned" and x["backend"] == backends[0]
                      and x["precision"] == deploy_precision and x["threads"] == threads[0])
