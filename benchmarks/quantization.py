@@ -2,6 +2,10 @@
 ONNX Runtime's `quantize_static` defaults and NNCF PTQ defaults, same model, same calibration
 images, every artifact scored through its own runtime and timed in one interleaved run.
 
+Each runtime's rows come from the model edgekit trains for that runtime: unsigned activations for
+ONNX Runtime and OpenVINO, signed for the TensorRT-rules file, and for OpenVINO INT8/mixed the
+"fused" residual form (see OV_FORM below).
+
 Models: ResNet-20 (shared weights fine-tuned here first, so QAT's training does not pass for a
 quantization gain) and the MobileNetV2 student of benchmarks/distill.py (given one more float
 epoch here for the same reason), or a small-input MobileNetV2 fine-tuned here when that run is
@@ -46,6 +50,12 @@ VERIFY_AGREEMENT = Tolerance().min_agreement["quantized"]
 # activations, the UINT8 grid they execute); TensorRT runs signed INT8 only, so its file comes
 # from a second INT8 QAT run with signed activations, as `--backends tensorrt` would train it.
 SIGNED = "edgekit int8 QAT signed"
+# OpenVINO's CPU plugin fuses an INT8 conv, its output quantizer and a residual add into one
+# kernel and drops that quantizer's rounding; the OpenVINO rows of INT8 and mixed models come from
+# QAT runs in that form (`--residual fused`, what `--backends openvino,...` trains). W4A8 has no
+# INT8 conv feeding an add (first and last layers only), so one model serves both runtimes.
+OV_FORM = "edgekit OpenVINO-form "
+ROUNDED_ON_OV = " (ONNX Runtime-form model)"
 TRAIN_LIMIT = None  # --train-limit, for a quick smoke run of the whole script
 STUDENT_EPOCHS = 8  # --student-epochs: the MobileNetV2 trained here when no distilled student exists
 
@@ -89,16 +99,21 @@ def edgekit_runs(name: str, fp32: Path, qat_epochs: int, max_drop: float, kd: bo
     product's defaults (gradient clipping 1.0) and, with `kd`, distils from the float model."""
     runs = {"edgekit int8 QAT": dict(bits=8), "edgekit W4A8 QAT": dict(bits=4),
             "edgekit mixed QAT": dict(bits=4, max_drop=max_drop),
-            SIGNED: dict(bits=8, activations="signed")}
+            SIGNED: dict(bits=8, activations="signed"),
+            OV_FORM + "int8 QAT": dict(bits=8, residual="fused"),
+            OV_FORM + "mixed QAT": dict(bits=4, max_drop=max_drop, residual="fused")}
     out = {}
     for label, kw in runs.items():
-        kind = label.split()[1].lower() + ("_signed" if label == SIGNED else "")
+        kind = (label.replace(OV_FORM, "edgekit ").split()[1].lower() + ("_signed" if label == SIGNED else "")
+                + ("_ovform" if "residual" in kw else ""))
         folder = WORKQ / f"{_runs_key(fp32)}_{kind}{'_kd' if kd else ''}"
         if not (folder / "quantize.json").exists():
+            # the runtime named first decides the residual form (auto), as `--backends` would
+            first = ("openvino", "onnxruntime") if "residual" in kw else ("onnxruntime", "openvino")
             quantize(fp32, data=CIFAR, out=folder, mode="qat", kd=kd, config=TrainConfig(
                 epochs=qat_epochs, lr=0.001, weight_decay=0.0, grad_clip=QAT_GRAD_CLIP, seed=0,
                 train_limit=TRAIN_LIMIT), calibration_images=CALIB, limit=1000,
-                backends=("torch", "onnxruntime", "openvino"), threads=(1,),
+                backends=("torch", *first), threads=(1,),
                 timing=TimingConfig(warmup=2, iters=10, passes=1, throughput_iters=2), resume=True, **kw)
         out[label] = folder
     return out
@@ -148,9 +163,15 @@ def bench_model(name: str, args) -> dict:
     for label, folder in runs.items():
         record = json.loads((folder / "quantize.json").read_text())
         prec = record["precision"]
+        if label.startswith(OV_FORM):  # this run is here for its OpenVINO file only
+            continue
         if label != SIGNED:  # the signed run is here for its TensorRT file only
             rows.append((label, "onnxruntime", prec, folder / f"model_{prec}.onnx", folder / "model.pt"))
-            rows.append((label, "openvino", prec, folder / f"model_{prec}_openvino.xml", folder / "model.pt"))
+            ov_folder = runs.get(label.replace("edgekit ", OV_FORM), folder)
+            rows.append((label, "openvino", prec, ov_folder / f"model_{prec}_openvino.xml", ov_folder / "model.pt"))
+            if ov_folder != folder:  # what the ONNX Runtime-form model gives on OpenVINO, for comparison
+                rows.append((label + ROUNDED_ON_OV, "openvino", prec, folder / f"model_{prec}_openvino.xml",
+                             folder / "model.pt"))
         trt = next(r for r in record["rows"] if "tensorrt" in r["backend"])
         if label == "edgekit int8 QAT" and trt["status"] == "unsupported":
             continue  # unsigned INT8: TensorRT's file comes from the signed run
@@ -211,7 +232,9 @@ def checks(rows: list[dict]) -> dict:
         "w4a8_within_1.5_of_fp32": all(fp32["top1"] - r["top1"] <= 1.5 for r in w4),
         "w4a8_size_vs_int8_onnx": round(w4_onnx["size_mb"] / int8_onnx["size_mb"], 3),
         "w4a8_at_most_0.6x_int8": w4_onnx["size_mb"] <= 0.6 * int8_onnx["size_mb"],
-        "min_agreement_with_fakequant": min(r.get("agree_fakequant", 1.0) for r in rows),
+        # the ONNX Runtime-form model's OpenVINO row is a comparison, not an artifact edgekit deploys
+        "min_agreement_with_fakequant": min(r.get("agree_fakequant", 1.0) for r in rows
+                                            if not r["method"].endswith(ROUNDED_ON_OV)),
     }
 
 
@@ -264,9 +287,12 @@ def markdown(results: list[dict], env: dict, args) -> str:
            "points; edgekit activations `auto` (unsigned, the UINT8 grid ONNX Runtime and OpenVINO execute), the "
            "TensorRT-rules file from a second INT8 QAT run with signed activations (TensorRT's grid). "
            "Latency: batch 1, interleaved passes "
-           f"({args.iters} calls per row per thread count). OpenVINO INT8 rows (peer included) compile with "
-           "an f32 inference hint, W4A8 and mixed rows with the CPU default (bf16 for float parts on this "
-           "CPU); the executed column shows conv precisions.",
+           f"({args.iters} calls per row per thread count). Every OpenVINO row (peer included) compiles with "
+           "an f32 inference hint (the CPU default here is bf16, which the torch model does not compute in); "
+           "the executed column shows conv precisions. OpenVINO rows of INT8 and mixed come from a QAT run in "
+           "OpenVINO's form (`--residual fused`: an INT8 conv output entering a residual add is not quantized, "
+           "because OpenVINO's CPU plugin fuses conv, quantizer and add and drops that rounding); the row marked "
+           f"'{ROUNDED_ON_OV.strip()}' runs the ONNX Runtime-form model's IR for comparison.",
            f"CPU {env['cpu']['model']}; torch {env['versions']['torch']}, onnxruntime {env['versions']['onnxruntime']}, "
            f"openvino {env['versions']['openvino']}, nncf {env['versions']['nncf']}; {env['date']}.", ""]
     return "\n".join(md)

@@ -389,8 +389,8 @@ def _footer(env: dict) -> str:
              f"openvino {env['versions']['openvino']}, nncf {env['versions']['nncf']}."]
     if env.get("openvino_default_precision"):
         lines.append(f"OpenVINO's default CPU inference precision here is "
-                     f"{env['openvino_default_precision']}; fp32 rows were compiled with the f32 "
-                     "hint, fp16/int8 rows with the default (see 'executed').")
+                     f"{env['openvino_default_precision']}; every row but fp16 was compiled with the "
+                     "f32 hint, fp16 rows with the default (see 'executed').")
     return "\n".join(lines)
 
 

@@ -315,6 +315,9 @@ def quantize_cmd(model: str = MODEL, data: str = DATA,
                  activations: str = typer.Option("auto", "--activations", help="signed (TensorRT's INT8), unsigned "
                                                  "(ReLU outputs on the UINT8 grid ONNX Runtime and OpenVINO run; "
                                                  "no TensorRT file) or auto: signed when tensorrt is a backend."),
+                 residual: str = typer.Option("auto", "--residual", help="rounded (ONNX Runtime, TensorRT: a conv output "
+                                              "entering a residual add is quantized), fused (OpenVINO: it is not, as "
+                                              "OpenVINO's CPU plugin executes it) or auto: fused when openvino is the first runtime."),
                  threads: str = typer.Option("1", "--threads", help="e.g. 1 or 1,2"),
                  calib: int = typer.Option(512, "--calib", help="Calibration images."),
                  limit: int = LIMIT,
@@ -339,7 +342,7 @@ def quantize_cmd(model: str = MODEL, data: str = DATA,
                    trust_pickle=trust_pickle, config=cfg, kd=kd, temperature=temperature, alpha=alpha,
                    keep_float=parse_list(keep_float), first_last_8bit=not all_low, max_drop=max_drop,
                    calibration_images=calib, limit=_limit(limit), backends=backends, threads=threads,
-                   profile=profile, resume=resume, seed=seed, activations=activations)
+                   profile=profile, resume=resume, seed=seed, activations=activations, residual=residual)
     if not _is_main():
         return
     steps = f"float {res.fp32_top1:.2f}% -> PTQ {res.ptq_top1:.2f}%"

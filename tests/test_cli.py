@@ -126,6 +126,8 @@ CASES = {
                          "--out", "{tmp}/o"], ["--bits 3", "INT8", "W4A8"]),
     "quantize unknown activations": (["quantize", "{w}", "--arch", "cifar_resnet20", "--data", "digits",
                                       "--activations", "fp8", "--out", "{tmp}/o"], ["--activations", "signed", "unsigned"]),
+    "quantize unknown residual form": (["quantize", "{w}", "--arch", "cifar_resnet20", "--data", "digits",
+                                        "--residual", "exact", "--out", "{tmp}/o"], ["--residual", "rounded", "fused"]),
     "quantize unknown mode": (["quantize", "{w}", "--arch", "cifar_resnet20", "--data", "digits", "--mode", "fp8",
                                "--out", "{tmp}/o"], ["--mode", "ptq", "qat"]),
     "quantize without images": (["quantize", "{w}", "--arch", "cifar_resnet20", "--data", "{empty}",

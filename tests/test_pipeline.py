@@ -34,6 +34,7 @@ def _recipe(tmp_path: Path, body: dict) -> Path:
     ([{"stage": "prune", "target_latency_ms": 0}], "stages.0.target_latency_ms"),
     ([{"stage": "prune", "measure_here": True}], "stages.0"),
     ([{"stage": "quantize", "bits": 3}], "stages.0.bits"),
+    ([{"stage": "quantize", "residual": "exact"}], "stages.0.residual"),
     ([{"stage": "quantize", "colour": "red"}], "stages.0.colour"),
     ([{"stage": "benchmark"}, {"stage": "prune"}], "stages.1"),
     ([{"stage": "quantize"}, {"stage": "prune"}], "stages.0"),

@@ -160,6 +160,59 @@ def test_unsigned_activations_are_the_grid_onnxruntime_runs(r20, tmp_path):
         assert torch.allclose(back.module.eval()(x), torch.from_numpy(ref), atol=1e-5)
 
 
+def _openvino_ir(q, card, tmp_path, name):
+    """The IR the OpenVINO backend writes for a quantized model (its ONNX Runtime form, converted)."""
+    import openvino as ov
+
+    src = export_qdq(q, card, tmp_path / f"{name}.onnx", target="onnxruntime")
+    ov.save_model(ov.convert_model(str(src)), str(tmp_path / f"{name}.xml"), compress_to_fp16=False)
+    return tmp_path / f"{name}.xml"
+
+
+def test_openvino_form_is_what_openvino_runs(r20, tmp_path):
+    """OpenVINO's CPU plugin fuses an INT8 conv, its output quantizer and the residual add after it
+    into one kernel and replaces that quantizer by its scale (no rounding). The "fused" form leaves
+    those tensors unquantized: its OpenVINO file follows its torch model about ten times more
+    closely than the rounded form's does (0.012 vs 0.115 mean logit error measured on ResNet-20),
+    and ONNX Runtime runs the same fused model exactly, with those convs in float."""
+    from edgekit.stages.quantize import residual_form
+
+    module, card, _, calib, _, x = r20
+    rounded = _ptq(module, 8, calib, unsigned=True)
+    fused = prepare(copy.deepcopy(module), plan(module, 8), unsigned=True, residual="fused")
+    calibrate(fused, calib)
+    fused.eval()
+    rs, fs = rounded.edgekit_quant, fused.edgekit_quant
+    assert (rs["residual"], fs["residual"]) == ("rounded", "fused")
+    # the 9 residual blocks' second conv outputs are the only tensors left unquantized
+    assert sorted(set(rs["tensors"]) - set(fs["tensors"])) == sorted(
+        f"layer{s}_{b}_conv2" for s in (1, 2, 3) for b in range(3)) and set(fs["tensors"]) < set(rs["tensors"])
+    err = {}
+    for name, q in (("rounded", rounded), ("fused", fused)):
+        with torch.no_grad():
+            ref = q(x).numpy()
+        out = OvRunner(_openvino_ir(q, card, tmp_path, name), precision="int8", threads=1)(x.numpy())
+        err[name] = float(np.abs(out - ref).mean())
+        if name == "fused":
+            assert _agreement(out, ref) >= 0.99
+            ort = OrtRunner(tmp_path / "fused.onnx", precision="int8", threads=1)
+            assert ort.executed.startswith("int8: 11/20"), ort.executed  # the 9 convs into an add run in float
+            assert _agreement(ort(x.numpy()), ref) >= 0.99
+    assert err["fused"] < 0.3 * err["rounded"], err
+    # W4A8: the residual convs have 4-bit weights, which OpenVINO runs in float with the rounding kept
+    w4 = prepare(copy.deepcopy(module), plan(module, 4), unsigned=True, residual="fused")
+    assert w4.edgekit_quant["tensors"] == _ptq(module, 4, calib, unsigned=True).edgekit_quant["tensors"]
+    back = edgekit.load_model(edgekit.save_model(fused, card, tmp_path / "f.pt"))
+    assert back.module.edgekit_quant["tensors"] == fs["tensors"]
+    with torch.no_grad():
+        assert torch.allclose(back.module.eval()(x), fused(x), atol=1e-5)
+    assert residual_form("auto", ["torch", "openvino", "onnxruntime"]) == "fused"
+    assert residual_form("auto", ["onnxruntime", "openvino"]) == "rounded"
+    assert residual_form("rounded", ["openvino"]) == "rounded"
+    with pytest.raises(InputError, match="--residual"):
+        residual_form("exact", ["openvino"])
+
+
 def test_w4a8_exports_smaller_and_runs(r20, tmp_path):
     module, card, _, calib, _, x = r20
     q8, q4 = _ptq(module, 8, calib), _ptq(module, 4, calib)

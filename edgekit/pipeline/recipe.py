@@ -92,6 +92,9 @@ class QuantizeStage(_Strict):
     kd: bool = False
     #: auto: signed INT8 activations when the profile runs TensorRT, else ReLU outputs unsigned
     activations: Literal["auto", "signed", "unsigned"] = "auto"
+    #: auto: "fused" (conv outputs entering a residual add not quantized, as OpenVINO's CPU
+    #: plugin runs them) when OpenVINO is the profile's first runtime, else "rounded"
+    residual: Literal["auto", "rounded", "fused"] = "auto"
 
 
 class DeployStage(_Strict):

@@ -85,7 +85,7 @@ def _run_stage(spec, src: _Source, folder: Path, ctx: dict) -> Path:
     """One model stage into `folder`; returns the path of its output model."""
     from ..bench import TimingConfig
     from ..stages import distill, finetune, prune, quantize
-    from ..stages.quantize import QAT_GRAD_CLIP, unsigned_activations
+    from ..stages.quantize import QAT_GRAD_CLIP, residual_form, unsigned_activations
 
     recipe, data, progress = ctx["recipe"], ctx["data"], ctx["progress"]
     light = TimingConfig(warmup=2, iters=10, passes=2, throughput_iters=1)
@@ -120,7 +120,8 @@ def _run_stage(spec, src: _Source, folder: Path, ctx: dict) -> Path:
                    progress=progress, seed=recipe.train.seed, tensorrt_rules_row=False,
                    # the grid follows every runtime of the profile, not only the one scored here
                    activations=("unsigned" if unsigned_activations(spec.activations, ctx["profile"].runtimes)
-                                else "signed"))
+                                else "signed"),
+                   residual=residual_form(spec.residual, ctx["profile"].runtimes))
     return res.model_path
 
 

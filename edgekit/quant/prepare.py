@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Iterable
+from typing import Iterable, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -52,6 +52,10 @@ class QuantSpec(BaseModel):
     label: str = "int8"
     #: biases on the INT32 grid in_scale * w_scale (False: float, how checkpoints before it were trained)
     int_bias: bool = False
+    #: "fused": INT8 conv outputs that only a residual add consumes are not quantized, as
+    #: OpenVINO's CPU plugin executes them (`_fused_into_add`); "rounded": they are, as ONNX
+    #: Runtime (QLinearConv -> QLinearAdd) and TensorRT execute them
+    residual: Literal["rounded", "fused"] = "rounded"
 
 
 def _trace(model: nn.Module) -> fx.GraphModule:
@@ -180,27 +184,40 @@ def _non_negative(node: fx.Node, mods: dict[str, nn.Module]) -> bool:
     return src is not None and keeps and _non_negative(src, mods)
 
 
+def _fused_into_add(node: fx.Node, mods: dict[str, nn.Module]) -> bool:
+    """Is this an INT8 convolution's output whose one consumer is a residual add? OpenVINO's CPU
+    plugin fuses such a conv, its output quantizer and the add into one kernel, and there (a
+    FakeQuantize as the conv's first post-op, followed by the sum and another FakeQuantize)
+    replaces the quantizer by its scale: the conv output enters the add unrounded."""
+    m = mods.get(node.target) if node.op == "call_module" else None
+    return (isinstance(m, QuantConv2d) and m.w_bits == 8 and len(node.users) == 1
+            and _is_add(next(iter(node.users))))
+
+
 def _quantize_tensors(gm: fx.GraphModule, layers: set[str], act_bits: int,
-                      tensors: list[str] | None, unsigned: bool | list[str]) -> tuple[list[str], list[str]]:
+                      tensors: list[str] | None, unsigned: bool | list[str],
+                      fused_residual: bool = False) -> tuple[list[str], list[str]]:
     """Insert one ActQuant per chosen tensor, used by its quantized consumers. `tensors` replays
-    a stored choice (by node name); None chooses: inputs of quantized layers and of adds.
-    `unsigned`: True quantizes the non-negative ones unsigned; a list replays a stored choice.
-    Returns (tensors, unsigned tensors)."""
+    a stored choice (by node name); None chooses: inputs of quantized layers and of adds
+    (`fused_residual`: not an INT8 conv output that only a residual add consumes, as OpenVINO
+    executes it, see `_fused_into_add`). `unsigned`: True quantizes the non-negative ones
+    unsigned; a list replays a stored choice. Returns (tensors, unsigned tensors)."""
     def consumers(node: fx.Node) -> list[fx.Node]:
         return [u for u in node.users
                 if (u.op == "call_module" and u.target in layers and u.args and u.args[0] is node)
                 or _is_add(u)]
 
     nodes = {n.name: n for n in gm.graph.nodes}
+    mods = dict(gm.named_modules())
     if tensors is None:
-        chosen = [n for n in gm.graph.nodes if n.op not in ("output", "get_attr") and consumers(n)]
+        chosen = [n for n in gm.graph.nodes if n.op not in ("output", "get_attr") and consumers(n)
+                  and not (fused_residual and _fused_into_add(n, mods))]
     else:
         missing = [t for t in tensors if t not in nodes]
         if missing:
             raise InputError(f"the quantized checkpoint does not match this model's graph (no tensor "
                              f"{missing[0]!r}): was it saved by another edgekit or model version?")
         chosen = [nodes[t] for t in tensors]
-    mods = dict(gm.named_modules())
     if isinstance(unsigned, bool):
         unsigned = [n.name for n in chosen if _non_negative(n, mods)] if unsigned else []
     for node in chosen:
@@ -244,11 +261,12 @@ def link_bias_grid(gm: fx.GraphModule) -> None:
 
 def prepare(model: nn.Module, weights: dict[str, int], *, act_bits: int = 8, label: str = "int8",
             tensors: list[str] | None = None, unsigned: bool | list[str] = False,
-            int_bias: bool = True) -> fx.GraphModule:
+            int_bias: bool = True, residual: str = "rounded") -> fx.GraphModule:
     """Fold BN, swap the planned layers for fake-quant ones, quantize their input tensors (and
     residual adds'). The caller calibrates. `model` itself is modified (BN folded).
     `unsigned=True`: non-negative tensors on the unsigned grid (not for TensorRT).
-    `int_bias`: biases on the INT32 grid the integer kernels add (see fakequant.py)."""
+    `int_bias`: biases on the INT32 grid the integer kernels add (see fakequant.py).
+    `residual`: "fused" for OpenVINO (see QuantSpec.residual)."""
     folded = fold_batchnorm(model)
     gm = _trace(model)
     _drop_identities(gm)
@@ -258,11 +276,13 @@ def prepare(model: nn.Module, weights: dict[str, int], *, act_bits: int = 8, lab
         if cls is None:
             raise InputError(f"layer {name} ({type(layer).__name__}) cannot be quantized")
         gm.set_submodule(name, cls.from_float(layer, b))
-    chosen, uns = _quantize_tensors(gm, set(weights), act_bits, tensors, unsigned)
+    if residual not in ("rounded", "fused"):
+        raise InputError(f"residual form {residual!r} is not supported: use rounded or fused")
+    chosen, uns = _quantize_tensors(gm, set(weights), act_bits, tensors, unsigned, residual == "fused")
     if int_bias:
         link_bias_grid(gm)
     spec = QuantSpec(weights=dict(weights), act_bits=act_bits, tensors=chosen, unsigned=uns, folded_bn=folded,
-                     label=label, int_bias=int_bias)
+                     label=label, int_bias=int_bias, residual=residual)
     setattr(gm, SPEC_ATTR, spec.model_dump())
     return gm
 
@@ -272,7 +292,7 @@ def rebuild(model: nn.Module, spec: dict) -> fx.GraphModule:
     state_dict afterwards)."""
     s = QuantSpec.model_validate(spec)
     return prepare(model, s.weights, act_bits=s.act_bits, label=s.label, tensors=s.tensors, unsigned=s.unsigned,
-                   int_bias=s.int_bias)
+                   int_bias=s.int_bias, residual=s.residual)
 
 
 def spec_of(model: nn.Module) -> QuantSpec | None:

@@ -26,36 +26,36 @@ class LayerSensitivity:
 
 
 def _ptq_top1(model: nn.Module, weights: dict[str, int], calib, score: Callable[[nn.Module], float],
-              unsigned: bool = False) -> float:
-    q = prepare(copy.deepcopy(model), weights, unsigned=unsigned)
+              form: dict) -> float:
+    q = prepare(copy.deepcopy(model), weights, **form)
     calibrate(q, calib())
     return score(q)
 
 
 def scan(model: nn.Module, weights: dict[str, int], calib: Callable, score: Callable[[nn.Module], float],
-         progress: Callable[[str], None] | None = None, unsigned: bool = False) -> tuple[float, list[LayerSensitivity]]:
+         progress: Callable[[str], None] | None = None, **form) -> tuple[float, list[LayerSensitivity]]:
     """(float top-1, per-layer results): top-1 with only that layer (weights and input) quantized
-    at its planned bits, calibrated on the same images."""
+    at its planned bits, calibrated on the same images. `form`: prepare()'s unsigned / residual."""
     base = score(model)
     out = []
     for name, b in weights.items():
         if progress:
             progress(name)
-        top1 = _ptq_top1(model, {name: b}, calib, score, unsigned)
+        top1 = _ptq_top1(model, {name: b}, calib, score, form)
         out.append(LayerSensitivity(name, b, top1, base - top1))
     return base, out
 
 
 def choose(model: nn.Module, weights: dict[str, int], sens: list[LayerSensitivity], base: float,
            max_drop: float, calib: Callable, score: Callable[[nn.Module], float],
-           unsigned: bool = False) -> tuple[dict[str, int], float, list[str]]:
+           **form) -> tuple[dict[str, int], float, list[str]]:
     """Raise the most sensitive layers (4 -> 8 bit, or 8 bit -> float) until the *measured* PTQ
     drop of the whole model is within `max_drop`. Returns (weights, measured drop, raised layers).
 
     Single-layer drops do not add up exactly, so they only decide the order and when a
     measurement is worth making; the budget is checked on the combined model."""
     def measure(w: dict[str, int]) -> float:
-        return base - _ptq_top1(model, w, calib, score, unsigned) if w else 0.0
+        return base - _ptq_top1(model, w, calib, score, form) if w else 0.0
 
     drops = {s.layer: max(s.drop, 0.0) for s in sens}
     order = sorted(drops, key=drops.get, reverse=True)

@@ -22,7 +22,8 @@ from ..train import Supervised, TrainConfig, TrainResult, train
 from ..train.engine import evaluate_top1
 from ._common import load_for_training, splits
 
-__all__ = ["quantize", "QuantizeResult", "DEFAULT_QAT_CONFIG", "unsigned_activations", "ACTIVATIONS"]
+__all__ = ["quantize", "QuantizeResult", "DEFAULT_QAT_CONFIG", "unsigned_activations", "ACTIVATIONS",
+           "residual_form", "RESIDUAL"]
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def quantize(model: str | Path, *, data: str | Path, out: str | Path, mode: str 
              backends: Sequence[str] | str = ("torch", "onnxruntime", "openvino", "tensorrt"),
              threads: Sequence[int] | str | int = (1,), timing=None, tolerance=None, profile: str | None = None,
              resume: bool = False, progress: bool = True, seed: int = 0,
-             tensorrt_rules_row: bool = True, activations: str = "auto") -> QuantizeResult:
+             tensorrt_rules_row: bool = True, activations: str = "auto", residual: str = "auto") -> QuantizeResult:
     """Quantize `model` on `data` and deploy it; see the module docstring. Writes into `out`:
     model.pt (the quantized checkpoint, loadable by every edgekit command), the runtime
     artifacts with their cards, results.* (the benchmark table), quantize.json, report.md and,
@@ -73,7 +74,10 @@ def quantize(model: str | Path, *, data: str | Path, out: str | Path, mode: str 
     write the TensorRT-rules file and run it here when no TensorRT bundle is planned.
     `activations`: "signed" (TensorRT's INT8), "unsigned" (non-negative tensors on the UINT8 grid
     ONNX Runtime and OpenVINO execute; no TensorRT file) or "auto" (signed when TensorRT is
-    among the backends)."""
+    among the backends). `residual`: "rounded" (ONNX Runtime, TensorRT), "fused" (OpenVINO: an
+    INT8 conv output that only a residual add consumes is not quantized, since OpenVINO's CPU
+    plugin fuses that quantizer into the add as a scale) or "auto" (fused when OpenVINO is the
+    first runtime among the backends)."""
     from ..backends import get_backend
     from ..benchmark import Prepared, _Entry, _plan, run_entries
     from ..inputs import parse_backends, parse_threads
@@ -96,6 +100,7 @@ def quantize(model: str | Path, *, data: str | Path, out: str | Path, mode: str 
         backends, threads = prof.runtimes, prof.threads
     backends, threads = parse_backends(backends), parse_threads(threads)
     unsigned = unsigned_activations(activations, backends)
+    form = dict(unsigned=unsigned, residual=residual_form(residual, backends))
     out = check_out_dir(Path(out))
     cfg = config or DEFAULT_QAT_CONFIG
     cfg = cfg.model_copy(update={"seed": seed}) if config is None else cfg
@@ -119,8 +124,8 @@ def quantize(model: str | Path, *, data: str | Path, out: str | Path, mode: str 
     if max_drop is not None:
         def score(m):
             return evaluate_top1(m, calib_split, card)[0]
-        base, layer_sens = scan(module, weights, calib, score, unsigned=unsigned)
-        weights, drop, raised = choose(module, weights, layer_sens, base, max_drop, calib, score, unsigned=unsigned)
+        base, layer_sens = scan(module, weights, calib, score, **form)
+        weights, drop, raised = choose(module, weights, layer_sens, base, max_drop, calib, score, **form)
         sens = [s.to_dict() for s in layer_sens]
         if raised:
             label = "mixed"
@@ -129,13 +134,13 @@ def quantize(model: str | Path, *, data: str | Path, out: str | Path, mode: str 
                              "raised to float; allow a larger drop")
         log.info("mixed precision: %d layers raised, PTQ drop %.2f on the calibration images", len(raised), drop)
 
-    q = prepare(copy.deepcopy(module), weights, label=label, unsigned=unsigned)
+    q = prepare(copy.deepcopy(module), weights, label=label, **form)
     calibrate(q, calib())
     fp32_top1 = evaluate_top1(float_model, eval_split, card)[0]
     ptq_top1 = evaluate_top1(q, eval_split, card)[0]
     qcard = card.with_(source=f"{card.source}; edgekit {mode} {label} on {ds.name}",
                        notes={**card.notes, "quantization": label, "quant_mode": mode,
-                              "activations": "unsigned" if unsigned else "signed"})
+                              "activations": "unsigned" if unsigned else "signed", "residual": form["residual"]})
     training = None
     if mode == "qat":
         from .distill import DistillObjective
@@ -162,7 +167,7 @@ def quantize(model: str | Path, *, data: str | Path, out: str | Path, mode: str 
     res = run_entries(prep, entries, out, threads=threads, timing=timing, tolerance=tolerance, progress=progress,
                       title=f"edgekit quantize ({mode} {label})", seed=seed,
                       env_extra={"model": str(model), "data": str(data), "mode": mode, "precision": label,
-                                 "activations": "unsigned" if unsigned else "signed"},
+                                 "activations": "unsigned" if unsigned else "signed", "residual": form["residual"]},
                       extra=extra)
     result = QuantizeResult(out, model_path, label, fp32_top1, ptq_top1, final_top1, len(eval_split),
                             res.rows, sens, raised, drop, training)
@@ -172,6 +177,7 @@ def quantize(model: str | Path, *, data: str | Path, out: str | Path, mode: str 
 
 
 ACTIVATIONS = ("auto", "signed", "unsigned")
+RESIDUAL = ("auto", "rounded", "fused")
 
 
 def unsigned_activations(activations: str, runtimes: Sequence[str]) -> bool:
@@ -182,6 +188,19 @@ def unsigned_activations(activations: str, runtimes: Sequence[str]) -> bool:
     if activations == "auto":
         return "tensorrt" not in runtimes
     return activations == "unsigned"
+
+
+def residual_form(residual: str, runtimes: Sequence[str]) -> str:
+    """How a conv output feeding a residual add is quantized: "auto" takes the form of the first
+    deployment runtime named (a profile lists its preferred one first): "fused" for OpenVINO,
+    "rounded" for the others. One model cannot match both: the other runtime's file then shows
+    its measured agreement (ONNX Runtime runs a fused model's conv-into-add layers in float)."""
+    if residual not in RESIDUAL:
+        raise InputError(f"--residual {residual!r} is not supported: use {', '.join(RESIDUAL)}")
+    if residual == "auto":
+        deployed = [r for r in runtimes if r != "torch"]
+        return "fused" if deployed[:1] == ["openvino"] else "rounded"
+    return residual
 
 
 def _tensorrt_file(q, card, stage: Path, label: str):
