@@ -173,8 +173,8 @@ def test_openvino_form_is_what_openvino_runs(r20, tmp_path):
     """OpenVINO's CPU plugin fuses an INT8 conv, its output quantizer and the residual add after it
     into one kernel and replaces that quantizer by its scale (no rounding). The "fused" form leaves
     those tensors unquantized: its OpenVINO file follows its torch model about ten times more
-    closely than the rounded form's does (0.012 vs 0.115 mean logit error measured on ResNet-20),
-    and ONNX Runtime runs the same fused model exactly, with those convs in float."""
+    closely than the rounded form's does (benchmarks/results/residual_form.md), and ONNX Runtime
+    runs the same fused model exactly, with those convs in float."""
     from edgekit.stages.quantize import residual_form
 
     module, card, _, calib, _, x = r20

@@ -20,7 +20,7 @@ from typing import Any
 
 from .._io import atomic_write_json, check_out_dir
 from ..errors import InputError
-from ..stages.prune import SameWidths
+from ..stages.prune import SameWidths, TargetAlreadyMet
 from .recipe import MODEL_STAGES, Recipe, default_recipe, load_recipe
 
 __all__ = ["compress", "CompressResult", "STATE_FILE", "PROFILE_DEFAULT"]
@@ -303,10 +303,10 @@ def compress(model: str | Path, *, profile: str, data: str | Path, out: str | Pa
                 t0 = time.time()
                 try:
                     path = _run_stage(attempt, src, folder, {**ctx, "same_as": prev and prev["model"]})
-                except (SameWidths, InputError) as e:
+                except (SameWidths, TargetAlreadyMet) as e:
                     # a gentler target rounded onto the same widths (the same model again), or a
                     # gentler latency target the input model already meets: nothing new to try
-                    if isinstance(e, InputError) and k == 1:
+                    if isinstance(e, TargetAlreadyMet) and k == 1:
                         raise
                     shutil.rmtree(folder, ignore_errors=True)
                     note = (f"same widths as attempt {prev['attempt']}" if isinstance(e, SameWidths)

@@ -43,6 +43,11 @@ class SameWidths(Exception):
     gentler target onto the same widths)."""
 
 
+class TargetAlreadyMet(InputError):
+    """The input model already meets the latency target: nothing to prune (a user's target is
+    refused with this message; a compress retry with a gentler target skips the attempt)."""
+
+
 def _widths(module: nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
@@ -392,7 +397,7 @@ def _prune_to_latency(model, card, size, target_ms, backend, threads, profile=No
             return model, {kind: base, "unpruned_ms": base, "backend": where, "threads": threads,
                            "note": "the removed blocks already meet the latency target: no channels pruned"}
         if base <= target_ms:
-            raise InputError(f"the model already runs in {base:.3f} ms (<= --target-latency-ms {target_ms}) on "
+            raise TargetAlreadyMet(f"the model already runs in {base:.3f} ms (<= --target-latency-ms {target_ms}) on "
                              f"{where} at {threads} thread(s): nothing to prune")
         most = prune_channels(model, size, 0.85, **kw)
         floor = latency(most.model, "floor")
