@@ -1,18 +1,20 @@
 """Structured pruning for measured speed, on the full CIFAR-10 JPEG test set, in one run.
 
 ResNet-56 (shared weights fine-tuned on train/, the same teacher as benchmarks/distill.py) pruned
-to 2x and 3x fewer MACs with recovery training (KD from the unpruned model), in channels and in
-depth (14 and 18 of its 27 residual blocks removed, `--drop-blocks`), in both (6 blocks, then
-latency-aware widths to 2x fewer MACs in all), the 2x channel prune again
-with latency-aware widths (a per-layer table measured on ONNX Runtime, 1 thread) and with
-unrounded channel counts (timing only), and the MobileNetV2 student (from the distillation
-or quantization benchmark) at 1.5x. Every model is scored on all 10,000 test images; FP32 and
-INT8 (edgekit PTQ, the quantization path) latency on ONNX Runtime and OpenVINO at 1 and 2
-threads, batch 1, all variants of a model timed in one interleaved run.
+to 2x fewer MACs with recovery training (KD from the unpruned model) in depth (14 of its 27
+residual blocks removed, `--drop-blocks`) and in both depth and channels (6 blocks, then
+latency-aware widths to 2x fewer MACs in all), these two with `--long-recovery` epochs; to 3x in
+depth (18 blocks); the same 2x channel prune with rounded and unrounded channel counts (timing
+only, no recovery); and the MobileNetV2 student (from the distillation or quantization
+benchmark) at 1.5x. Every model is scored on all 10,000 test images; FP32 and INT8 (edgekit
+PTQ, the quantization path) latency on ONNX Runtime and OpenVINO at 1 and 2 threads, batch 1,
+all variants of a model timed in one interleaved run. The 2026-11-25 run
+(git history of benchmarks/results/pruning.md) also had plain channel pruning at 2x and 3x:
+1.49-1.58x faster in FP32 and 1.10-1.29x in INT8 at 2x, slower than depth at both sizes.
 
 Resumable: run folders under benchmarks/work/prune/. Writes benchmarks/results/pruning.{json,md}.
 
-    python benchmarks/pruning.py [--teacher-epochs 3] [--recovery-epochs 4] [--no-student] [--int8-table]
+    python benchmarks/pruning.py [--teacher-epochs 3] [--recovery-epochs 4] [--long-recovery 8] [--no-student] [--int8-table]
 """
 
 from __future__ import annotations
@@ -54,10 +56,17 @@ def student() -> Path | None:
     return p if p.exists() else None
 
 
-def pruned(src: Path, name: str, args, **kw) -> Path:
-    folder = WORKP / name
+RECOVERY: dict[str, int] = {}  # model path -> recovery epochs it had (0: none), for the table
+
+
+def pruned(src: Path, name: str, args, epochs: int | None = None, **kw) -> Path:
+    """Prune `src` into WORKP/name_e<epochs> (the folder name carries the recovery schedule, so
+    a longer re-run never reuses a shorter one)."""
+    epochs = args.recovery_epochs if epochs is None else epochs
+    folder = WORKP / (f"{name}_e{epochs}" if kw.get("recover", True) else name)
+    RECOVERY[str(folder / "model.pt")] = epochs if kw.get("recover", True) else 0
     if not (folder / "prune.json").exists():
-        cfg = TrainConfig(epochs=max(args.recovery_epochs, 1), batch_size=128, lr=0.01, seed=0,
+        cfg = TrainConfig(epochs=max(epochs, 1), batch_size=128, lr=0.01, seed=0,
                           train_limit=TRAIN_LIMIT)
         prune(src, data=CIFAR, out=folder, config=cfg, limit=1000, resume=True, backends="onnxruntime",
               threads=(1,), timing=TimingConfig(warmup=2, iters=10, passes=1, throughput_iters=1), **kw)
@@ -84,6 +93,7 @@ def bench(models: dict[str, Path], args) -> dict:
         loaded = edgekit.load_model(path)
         m = loaded.module.eval()
         info = {"variant": name, "top1": round(evaluate_top1(m, test, loaded.card)[0], 2),
+                "recovery_epochs": RECOVERY.get(str(path)),
                 "macs": count_macs(m, loaded.card.input_size), "params": count_params(m)}
         onnx_fp32 = WORKP / f"{path.parent.name}_{path.stem}_fp32.onnx"
         if not onnx_fp32.exists():
@@ -116,15 +126,16 @@ def bench(models: dict[str, Path], args) -> dict:
 def markdown(results: dict, env: dict, args) -> str:
     md = ["# Pruning benchmark (CIFAR-10 JPEG test set; latency measured, batch 1)", ""]
     for model, res in results.items():
-        md += [f"## {model}", "", "| variant | top-1 % | MACs | params | MAC reduction | runtime | precision | "
-               "p50/p90 ms 1 thr | speed-up 1 thr | p50/p90 ms 2 thr | speed-up 2 thr |", "|---|" + "---|" * 10]
+        md += [f"## {model}", "", "| variant | recovery epochs | top-1 % | MACs | params | MAC reduction | runtime | precision | "
+               "p50/p90 ms 1 thr | speed-up 1 thr | p50/p90 ms 2 thr | speed-up 2 thr |", "|---|" + "---|" * 11]
         for r in res["rows"]:
-            md.append(f"| {r['variant']} | {r['top1']:.2f} | {r['macs'] / 1e6:.1f}M | {r['params']:,} | "
+            ep = "-" if r.get("recovery_epochs") is None else r["recovery_epochs"]
+            md.append(f"| {r['variant']} | {ep} | {r['top1']:.2f} | {r['macs'] / 1e6:.1f}M | {r['params']:,} | "
                       f"{r['mac_reduction']:.2f}x | {r['backend']} | {r['precision']} | {r['p50_ms_1t']:.3f} / "
                       f"{r['p90_ms_1t']:.3f} | {r['speedup_1t']:.2f}x | {r['p50_ms_2t']:.3f} / {r['p90_ms_2t']:.3f} | "
                       f"{r['speedup_2t']:.2f}x |")
         md.append("")
-    md += [f"Setup: {args.limit or 'all 10,000'} test images; recovery {args.recovery_epochs} epoch(s) per prune, "
+    md += [f"Setup: {args.limit or 'all 10,000'} test images; recovery as listed per row (epochs of the full train/ split), "
            "SGD lr 0.01 cosine, batch 128, KD from the unpruned model (T 4, alpha 0.9); L2 importance, global "
            "ranking (latency-aware: widths from lone-convolution latencies measured on ONNX Runtime, 1 thread, FP32 "
            "unless it says INT8), "
@@ -141,6 +152,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--teacher-epochs", type=int, default=3)
     ap.add_argument("--recovery-epochs", type=int, default=4)
+    ap.add_argument("--long-recovery", type=int, default=8,
+                    help="recovery epochs of the two 2x candidates (depth 14, 6 blocks + widths)")
     ap.add_argument("--limit", type=int, default=0, help="test images (0 = all)")
     ap.add_argument("--iters", type=int, default=300)
     ap.add_argument("--passes", type=int, default=6)
@@ -156,21 +169,23 @@ def main() -> None:
     TRAIN_LIMIT = args.train_limit or None
     results_dir = RESULTS if args.work == WORK / "prune" else args.work
     r56 = teacher(args.teacher_epochs)
-    # depth runs first: the variants the last full run did not have (every run folder resumes)
-    depth = {n: pruned(r56, f"r56_depth{n}", args, drop_blocks=n, kd=True) for n in (14, 18)}
-    # both: 6 blocks out (the cheapest, 1.29x fewer MACs), then latency-aware widths to 2x in all
-    hybrid = pruned(r56, "r56_blocks6_2x_latency", args, drop_blocks=6, target_macs=0.5, kd=True, latency_aware=True)
+    long = args.long_recovery
+    # the two 2x candidates the targets are about, first and with the longer recovery: depth (14
+    # of 27 blocks out: 2.11x fewer MACs, and the per-layer overhead that thinner layers keep
+    # goes with them) and both (6 blocks out, then latency-aware widths to 2x in all)
+    d14 = pruned(r56, "r56_depth14", args, long, drop_blocks=14, kd=True)
+    hybrid = pruned(r56, "r56_blocks6_2x_latency", args, long, drop_blocks=6, target_macs=0.5, kd=True,
+                    latency_aware=True)
     models = {"ResNet-56": {"unpruned (fine-tuned)": r56,
-                            "2x fewer MACs + recovery": pruned(r56, "r56_2x", args, target_macs=0.5, kd=True),
-                            # depth: 14 of the 27 blocks out is 2.06x fewer MACs, 18 out 2.9x, and
-                            # the per-layer overhead that thinner layers keep goes with them
-                            "14 of 27 blocks removed (depth) + recovery": depth[14],
-                            "18 of 27 blocks removed (depth) + recovery": depth[18],
+                            "14 of 27 blocks removed (depth) + recovery": d14,
                             "6 blocks removed, then latency-aware widths to 2x fewer MACs + recovery": hybrid,
-                            "2x fewer MACs, latency-aware widths + recovery": pruned(
-                                r56, "r56_2x_latency", args, target_macs=0.5, kd=True, latency_aware=True),
-                            "3x fewer MACs + recovery": pruned(r56, "r56_3x", args, target_macs=1 / 3, kd=True),
-                            "2x fewer MACs, widths not rounded (no recovery)": pruned(
+                            "18 of 27 blocks removed (depth, 3x) + recovery": pruned(
+                                r56, "r56_depth18", args, drop_blocks=18, kd=True),
+                            # rounded vs unrounded channel counts: a timing comparison of the same
+                            # 2x channel prune, so neither is recovered
+                            "2x fewer MACs (channels), widths rounded to 8 (no recovery)": pruned(
+                                r56, "r56_2x_rounded", args, target_macs=0.5, recover=False),
+                            "2x fewer MACs (channels), widths not rounded (no recovery)": pruned(
                                 r56, "r56_2x_unrounded", args, target_macs=0.5, channel_multiple=1, recover=False)}}
     if args.int8_table:
         # an INT8 table stops where narrower is no faster in INT8 (16 channels on ONNX Runtime
@@ -183,7 +198,7 @@ def main() -> None:
                                          "1.5x fewer MACs + recovery": pruned(
                                              mbv2, f"mbv2_1.5x_{mbv2.parent.name}", args, target_macs=2 / 3, kd=True)}
     results = {name: bench(ms, args) for name, ms in models.items()}
-    env = environment(threads=[1, 2], recovery_epochs=args.recovery_epochs)
+    env = environment(threads=[1, 2], recovery_epochs=args.recovery_epochs, long_recovery=args.long_recovery)
     atomic_write_json(results_dir / "pruning.json", {"results": results, "environment": env, "args": vars(args)})
     md = markdown(results, env, args)
     atomic_write_text(results_dir / "pruning.md", md)

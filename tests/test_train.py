@@ -184,3 +184,26 @@ def test_fresh_weights_come_from_the_seed(cifar_dir):
     h1 = weights("cifar_resnet20", 5, arch=None, num_classes=100)
     h2 = weights("cifar_resnet20", 5, arch=None, num_classes=100)
     assert torch.equal(h1["linear.weight"], h2["linear.weight"]) and h1["linear.weight"].shape[0] == 10
+
+
+def test_channels_last_trains_the_same_model(tmp_path, resnet20_path, cifar_dir):
+    """NHWC is a speed setting only: the same steps in either layout end at the same weights (to
+    float summation order), the checkpoint is saved in the default layout, and a run saved before
+    the setting existed resumes (a missing setting counts as its default)."""
+    base = dict(epochs=1, batch_size=64, lr=0.01, train_limit=256, eval_limit=200)
+    runs = {}
+    for cl in (True, False):
+        res = finetune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / f"cl{cl}",
+                       config=TrainConfig(**base, channels_last=cl), progress=False)
+        runs[cl] = torch.load(res.last_path, weights_only=True)["state_dict"]
+    assert all(v.is_contiguous() for v in runs[True].values())
+    diff = max((runs[True][k].float() - runs[False][k].float()).abs().max().item() for k in runs[True])
+    assert diff < 1e-3, diff
+    assert max((runs[True][k].float() - edgekit.load_model(resnet20_path, arch="cifar_resnet20")
+                .module.state_dict()[k].float()).abs().max().item() for k in runs[True]) > 1e-3  # it trained
+
+    from edgekit.train.engine import _same_config
+    old = TrainConfig(**base).model_dump()
+    old.pop("channels_last")
+    assert _same_config(old, TrainConfig(**base)) == []
+    assert _same_config(old, TrainConfig(**base, channels_last=False)) == ["channels_last"]

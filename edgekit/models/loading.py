@@ -497,7 +497,8 @@ def _checkpoint_writer(module: nn.Module, card: ModelCard, path: Path) -> Callab
             f"cannot save {path} as a checkpoint: the model is not a zoo architecture (its card has no arch); "
             "save it to a .pt2 path (torch.export) instead"
         )
-    state = {k: v.detach().to("cpu") for k, v in module.state_dict().items()}
+    # contiguous: a model saved mid-training is in NHWC layout (TrainConfig.channels_last)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
     quant = getattr(module, "edgekit_quant", None)  # a fake-quant model from edgekit quantize
     reference = _reference(card)
     dropped = _dropped_blocks(module, reference)

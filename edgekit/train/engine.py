@@ -98,10 +98,24 @@ def _optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
 
 
-def _normalizer(card: "ModelCard", device):
+def _normalizer(card: "ModelCard", device, channels_last: bool = False):
     mean = torch.tensor(card.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(card.std, device=device).view(1, -1, 1, 1)
-    return lambda x: (x.to(device, torch.float32) / 255 - mean) / std
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return lambda x: ((x.to(device, torch.float32) / 255 - mean) / std).contiguous(memory_format=fmt)
+
+
+def _layout(module: nn.Module, channels_last: bool) -> None:
+    """Put the 4-D parameters (and a distillation teacher's, see DistillObjective._apply) in the
+    NHWC or the default layout; values are unchanged."""
+    module.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def _same_config(saved: dict, cfg: TrainConfig) -> list[str]:
+    """Settings that differ from a saved run's; a setting newer than the run counts as its default."""
+    now = cfg.model_dump()
+    defaults = {k: f.default for k, f in TrainConfig.model_fields.items()}
+    return [k for k in now if saved.get(k, defaults[k]) != now[k]]
 
 
 @torch.no_grad()
@@ -111,7 +125,9 @@ def evaluate_top1(model: nn.Module, split: "Split", card: "ModelCard", info: Dis
     info = info or DistInfo()
     was = model.training
     model.eval()
-    norm = _normalizer(card, info.device)
+    cl = any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last)
+             and not p.is_contiguous() for p in model.parameters())
+    norm = _normalizer(card, info.device, channels_last=cl)
     idx = torch.arange(info.rank, len(split), info.world)
     images, labels = split.images, split.labels
     correct = loss = 0.0
@@ -154,6 +170,7 @@ def train(objective: Objective, card: "ModelCard", train_split: "Split", eval_sp
         run_dir.mkdir(parents=True, exist_ok=True)
     model = objective.model
     objective.to(info.device)
+    _layout(objective, cfg.channels_last)
     params = [p for p in objective.parameters() if p.requires_grad]
     if not params:
         raise InputError("the model has no trainable parameters (a torch.export .pt2 or TorchScript "
@@ -172,15 +189,15 @@ def train(objective: Objective, card: "ModelCard", train_split: "Split", eval_sp
         remove_stale_temps(run_dir)
     if resume and state_path.exists():
         st = torch.load(state_path, map_location=info.device, weights_only=True)
-        if st["config"] != cfg.model_dump():
-            diff = [k for k in st["config"] if st["config"][k] != cfg.model_dump().get(k)]
+        diff = _same_config(st["config"], cfg)
+        if diff:
             raise InputError(f"cannot resume {run_dir}: settings differ from the interrupted run ({', '.join(diff)})")
         objective.load_state_dict(st["objective"])
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
         start_epoch, best, history, initial = st["epoch"], st["best"], st["history"], st.get("initial_top1")
     images, labels = train_split.images, train_split.labels
-    norm = _normalizer(card, info.device)
+    norm = _normalizer(card, info.device, cfg.channels_last)
     best_path, last_path = run_dir / "best.pt", run_dir / "last.pt"
     if initial is None:
         initial, _ = evaluate_top1(model, eval_split, card, info, cfg.eval_batch_size)
@@ -240,6 +257,7 @@ def train(objective: Objective, card: "ModelCard", train_split: "Split", eval_sp
                     f"{' (best)' if improved else ''}", highlight=False)
         if info.enabled:
             torch.distributed.barrier()
+    _layout(objective, False)  # callers export, prune and quantize the model next
     if info.is_main:
         atomic_write_text(run_dir / "summary.json", json.dumps(
             {"initial_top1": initial, "best_top1": best, "epochs": cfg.epochs, "config": cfg.model_dump(),
