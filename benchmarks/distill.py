@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -153,7 +154,7 @@ def main() -> None:
 
 def throughput_only(student: str) -> None:
     tp = throughput(student, get_model(student, num_classes=10)[1])
-    env = environment(threads=torch.get_num_threads(), load_average=list(__import__("os").getloadavg()))
+    env = environment(threads=torch.get_num_threads(), load_average=list(os.getloadavg()))
     atomic_write_json(RESULTS / "distill_throughput.json", {"throughput": tp, "environment": env})
     md = ["# Training throughput: engine vs a bare PyTorch loop, NHWC and NCHW", "",
           f"{student}, {tp['images']} CIFAR-10 train images, batch {tp['batch']}, median of {tp['rounds']} rounds "

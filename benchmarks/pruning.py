@@ -56,21 +56,25 @@ def student() -> Path | None:
     return p if p.exists() else None
 
 
-RECOVERY: dict[str, int] = {}  # model path -> recovery epochs it had (0: none), for the table
-
-
 def pruned(src: Path, name: str, args, epochs: int | None = None, **kw) -> Path:
     """Prune `src` into WORKP/name_e<epochs> (the folder name carries the recovery schedule, so
     a longer re-run never reuses a shorter one)."""
     epochs = args.recovery_epochs if epochs is None else epochs
     folder = WORKP / (f"{name}_e{epochs}" if kw.get("recover", True) else name)
-    RECOVERY[str(folder / "model.pt")] = epochs if kw.get("recover", True) else 0
     if not (folder / "prune.json").exists():
         cfg = TrainConfig(epochs=max(epochs, 1), batch_size=128, lr=0.01, seed=0,
                           train_limit=TRAIN_LIMIT)
         prune(src, data=CIFAR, out=folder, config=cfg, limit=1000, resume=True, backends="onnxruntime",
               threads=(1,), timing=TimingConfig(warmup=2, iters=10, passes=1, throughput_iters=1), **kw)
     return folder / "model.pt"
+
+
+def recovery_epochs(model: Path) -> int | None:
+    """Epochs of recovery training the pruned `model` had, read from its prune folder's training
+    runs (0 without recovery); None for a model that is not a prune output."""
+    if not (model.parent / "prune.json").exists():
+        return None
+    return sum(json.loads(p.read_text())["epochs"] for p in model.parent.glob("train_step*/summary.json"))
 
 
 def int8(model: Path, name: str) -> Path:
@@ -93,7 +97,7 @@ def bench(models: dict[str, Path], args) -> dict:
         loaded = edgekit.load_model(path)
         m = loaded.module.eval()
         info = {"variant": name, "top1": round(evaluate_top1(m, test, loaded.card)[0], 2),
-                "recovery_epochs": RECOVERY.get(str(path)),
+                "recovery_epochs": recovery_epochs(path),
                 "macs": count_macs(m, loaded.card.input_size), "params": count_params(m)}
         onnx_fp32 = WORKP / f"{path.parent.name}_{path.stem}_fp32.onnx"
         if not onnx_fp32.exists():
