@@ -14,7 +14,8 @@ all variants of a model timed in one interleaved run. The 2026-11-25 run
 
 Resumable: run folders under benchmarks/work/prune/. Writes benchmarks/results/pruning.{json,md}.
 
-    python benchmarks/pruning.py [--teacher-epochs 3] [--recovery-epochs 4] [--long-recovery 8] [--no-student] [--int8-table]
+    python benchmarks/pruning.py [--teacher-epochs 3] [--recovery-epochs 4] [--long-recovery 8]
+        [--depth-recovery 16] [--no-student] [--int8-table]
 """
 
 from __future__ import annotations
@@ -158,6 +159,9 @@ def main() -> None:
     ap.add_argument("--recovery-epochs", type=int, default=4)
     ap.add_argument("--long-recovery", type=int, default=8,
                     help="recovery epochs of the two 2x candidates (depth 14, 6 blocks + widths)")
+    ap.add_argument("--depth-recovery", type=int, default=0,
+                    help="recovery epochs of the depth-14 candidate alone (0 = --long-recovery): fewer "
+                         "blocks leave less capacity, so it gains longer from more epochs")
     ap.add_argument("--limit", type=int, default=0, help="test images (0 = all)")
     ap.add_argument("--iters", type=int, default=300)
     ap.add_argument("--passes", type=int, default=6)
@@ -177,7 +181,7 @@ def main() -> None:
     # the two 2x candidates the targets are about, first and with the longer recovery: depth (14
     # of 27 blocks out: 2.11x fewer MACs, and the per-layer overhead that thinner layers keep
     # goes with them) and both (6 blocks out, then latency-aware widths to 2x in all)
-    d14 = pruned(r56, "r56_depth14", args, long, drop_blocks=14, kd=True)
+    d14 = pruned(r56, "r56_depth14", args, args.depth_recovery or long, drop_blocks=14, kd=True)
     hybrid = pruned(r56, "r56_blocks6_2x_latency", args, long, drop_blocks=6, target_macs=0.5, kd=True,
                     latency_aware=True)
     models = {"ResNet-56": {"unpruned (fine-tuned)": r56,
@@ -202,7 +206,8 @@ def main() -> None:
                                          "1.5x fewer MACs + recovery": pruned(
                                              mbv2, f"mbv2_1.5x_{mbv2.parent.name}", args, target_macs=2 / 3, kd=True)}
     results = {name: bench(ms, args) for name, ms in models.items()}
-    env = environment(threads=[1, 2], recovery_epochs=args.recovery_epochs, long_recovery=args.long_recovery)
+    env = environment(threads=[1, 2], recovery_epochs=args.recovery_epochs, long_recovery=args.long_recovery,
+                      depth_recovery=args.depth_recovery or args.long_recovery)
     atomic_write_json(results_dir / "pruning.json", {"results": results, "environment": env, "args": vars(args)})
     md = markdown(results, env, args)
     atomic_write_text(results_dir / "pruning.md", md)

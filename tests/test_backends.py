@@ -112,3 +112,38 @@ def test_failed_verification_is_reported(tmp_path, resnet20_path, cifar_dir):
                             progress=False)
     (row,) = res.rows
     assert row.status == "verification failed" and "agreement" in row.details["reason"]
+
+
+def test_timing_groups_runtimes_and_keeps_order(bench):
+    """time_runners interleaves runners of one runtime and thread count only (alternating two
+    runtimes' thread pools slowed OpenVINO 1.6x here), and returns timings in input order."""
+    import time
+
+    from edgekit.backends.onnxruntime import OrtRunner
+    from edgekit.backends.openvino import OvRunner
+    from edgekit.bench import time_runners
+
+    _, rows = bench
+    log: list[str] = []
+
+    class Logged:  # a real runner that records its calls; `pause` marks it in the results
+        def __init__(self, runner, name, pause=0.0):
+            self.runner, self.name, self.pause = runner, name, pause
+            self.backend, self.threads = runner.backend, runner.threads
+
+        def __call__(self, x):
+            log.append(self.name)
+            time.sleep(self.pause)
+            return self.runner(x)
+
+    onnx, xml = (rows[(b, "fp32")].details["artifact"] for b in ("onnxruntime", "openvino"))
+    runners = [Logged(OrtRunner(onnx, precision="fp32", threads=1), "ort-a"),
+               Logged(OvRunner(xml, precision="fp32", threads=1), "ov-a", pause=0.003),
+               Logged(OrtRunner(onnx, precision="fp32", threads=1), "ort-b"),
+               Logged(OvRunner(xml, precision="fp32", threads=1), "ov-b")]
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    res = time_runners(runners, x, TimingConfig(warmup=2, iters=8, passes=4, throughput_batch=2, throughput_iters=0))
+    runtimes = [n.split("-")[0] for n in log]
+    assert sum(a != b for a, b in zip(runtimes, runtimes[1:])) == 1  # one switch: ORT, then OpenVINO
+    assert "ort-a" in log[log.index("ort-b"):]  # inside a group the passes still alternate
+    assert res[1].latency_ms_p50 >= 3.0 > max(res[i].latency_ms_p50 for i in (0, 2, 3))
