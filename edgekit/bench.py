@@ -5,11 +5,9 @@ Shared machines are noisy: configurations compared in one run are timed interlea
 
 Interleaving stops at the runtime: runners of one runtime and thread count are a group, timed
 interleaved with each other and apart from every other group. Two runtimes' thread pools in one
-process disturb each other when their calls alternate: on a 2-core x86 host, OpenVINO at 2
-threads ran ResNet-56 pruned to 14 blocks in 1.18 ms when its blocks of calls alternated with
-ONNX Runtime sessions' and in 0.73 ms timed apart (a 200 ms pause between blocks did not help),
-while two ONNX Runtime sessions alternating with each other repeated their figures run after
-run (1.39 and 0.66 ms).
+process disturb each other when their calls alternate at 2 threads: on a 2-core x86 host the
+shared ResNet-20 on OpenVINO took 0.85 ms alternating with ONNX Runtime sessions, 0.53 ms
+grouped or alone; at 1 thread the three ways agree (benchmarks/results/timing_groups.md).
 """
 
 from __future__ import annotations
