@@ -126,7 +126,10 @@ def main() -> None:
     kd, lo, t = rows[2]["top1"], rows[1]["top1"], rows[0]["top1"]
     checks = {"kd_minus_labels_only": round(kd - lo, 2), "teacher_minus_kd": round(t - kd, 2),
               "kd_beats_labels_by_1pt": kd - lo >= 1.0, "kd_within_1pt_of_teacher": t - kd <= 1.0,
-              "engine_overhead_under_10pct": tp["overhead_pct"] < 10}
+              "engine_overhead_under_10pct": tp["overhead_pct"] < 10,
+              # the "well under half the teacher's MACs", read as at most a third
+              "student_macs_vs_teacher": round(rows[2]["macs"] / rows[0]["macs"], 3),
+              "student_macs_well_under_half": rows[2]["macs"] <= rows[0]["macs"] / 3}
     env = environment(teacher_config=t_cfg.model_dump(), student_config=s_cfg.model_dump(),
                       temperature=args.temperature, alpha=args.alpha, threads=torch.get_num_threads())
     atomic_write_json(RESULTS / "distill.json", {"rows": rows, "throughput": tp, "checks": checks,
@@ -137,7 +140,8 @@ def main() -> None:
     md += [f"| {r['model']} | {r['role']} | {r['top1']:.2f} | {r['final_top1']:.2f} | {r['start_top1']:.2f} | "
            f"{r['params']:,} | {r['macs'] / 1e6:.1f}M | {r['epochs']} | {r['wall_min']} |" for r in rows]
     md += ["", f"KD - labels only: {checks['kd_minus_labels_only']:+.2f} points (target >= +1); "
-           f"teacher - KD: {checks['teacher_minus_kd']:.2f} points (target <= 1).", "",
+           f"teacher - KD: {checks['teacher_minus_kd']:.2f} points (target <= 1); student MACs "
+           f"{checks['student_macs_vs_teacher']:.0%} of the teacher's (target: well under half).", "",
            f"Training throughput, {tp['images']} images, batch {tp['batch']}, median of {tp['rounds']}: "
            f"engine {tp['engine_img_s']} img/s, bare loop {tp['bare_img_s']} img/s, overhead "
            f"{tp['overhead_pct']}% (target < 10%), both in the NHWC layout the engine uses by default; NCHW: engine "
