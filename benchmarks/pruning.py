@@ -3,8 +3,8 @@
 ResNet-56 (shared weights fine-tuned on train/, the same teacher as benchmarks/distill.py) pruned
 to 2x fewer MACs with recovery training (KD from the unpruned model) in depth (14 of its 27
 residual blocks removed, `--drop-blocks`) and in both depth and channels (6 blocks, then
-latency-aware widths to 2x fewer MACs in all), these two with `--long-recovery` epochs; to 3x in
-depth (18 blocks); the same 2x channel prune with rounded and unrounded channel counts (timing
+latency-aware widths to 2x fewer MACs in all), these two with `--long-recovery` epochs (depth 14:
+`--depth-recovery`, where given); to 3x in depth (18 blocks); the same 2x channel prune with rounded and unrounded channel counts (timing
 only, no recovery); and the MobileNetV2 student (from the distillation or quantization
 benchmark) at 1.5x. Every model is scored on all 10,000 test images; FP32 and INT8 (edgekit
 PTQ, the quantization path) latency on ONNX Runtime and OpenVINO at 1 and 2 threads, batch 1,
