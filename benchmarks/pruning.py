@@ -2,15 +2,16 @@
 
 ResNet-56 (shared weights fine-tuned on train/, the same teacher as benchmarks/distill.py) pruned
 to 2x fewer MACs with recovery training (KD from the unpruned model) in depth (14 of its 27
-residual blocks removed, `--drop-blocks`) and in both depth and channels (6 blocks, then
-latency-aware widths to 2x fewer MACs in all), these two with `--long-recovery` epochs (depth 14:
-`--depth-recovery`, where given); to 3x in depth (18 blocks); the same 2x channel prune with rounded and unrounded channel counts (timing
-only, no recovery); and the MobileNetV2 student (from the distillation or quantization
-benchmark) at 1.5x. Every model is scored on all 10,000 test images; FP32 and INT8 (edgekit
-PTQ, the quantization path) latency on ONNX Runtime and OpenVINO at 1 and 2 threads, batch 1,
-all variants of a model timed in one interleaved run. The 2026-11-25 run
-(git history of benchmarks/results/pruning.md) also had plain channel pruning at 2x and 3x:
-1.49-1.58x faster in FP32 and 1.10-1.29x in INT8 at 2x, slower than depth at both sizes.
+residual blocks removed, `--drop-blocks`) and in both depth and channels (6 blocks, then latency-
+aware widths to 2x fewer MACs in all), these two with `--long-recovery` epochs (depth 14:
+`--depth-recovery`, where given); to 3x in depth (18 blocks); the same 2x channel prune with
+rounded and unrounded channel counts (timing only, no recovery); and the MobileNetV2 student (from
+the distillation or quantization benchmark) at 1.5x. Every model is scored on all 10,000 test
+images; FP32 and INT8 (edgekit PTQ, the quantization path) latency on ONNX Runtime and OpenVINO at
+1 and 2 threads, batch 1, all variants of a model timed in interleaved passes, each runtime apart
+(edgekit/bench.py). The 2026-11-25 run (git history of benchmarks/results/pruning.md) also had
+plain channel pruning at 2x and 3x: 1.49-1.58x faster in FP32 and 1.10-1.29x in INT8 at 2x, slower
+than depth at both sizes.
 
 Resumable: run folders under benchmarks/work/prune/. Writes benchmarks/results/pruning.{json,md}.
 
@@ -227,8 +228,8 @@ def main() -> None:
         name = ("MobileNetV2 student (benchmarks/distill.py's KD student)" if mbv2 == distilled_student() else
                 "MobileNetV2 x0.5 (benchmarks/quantization.py's float model: no distilled student yet)")
         models[name] = {"unpruned": mbv2,
-                                         "1.5x fewer MACs + recovery": pruned(
-                                             mbv2, f"mbv2_1.5x_{mbv2.parent.name}", args, target_macs=2 / 3, kd=True)}
+                        "1.5x fewer MACs + recovery": pruned(
+                            mbv2, f"mbv2_1.5x_{mbv2.parent.name}", args, target_macs=2 / 3, kd=True)}
     results = {name: bench(ms, args) for name, ms in models.items()}
     env = environment(threads=[1, 2], recovery_epochs=args.recovery_epochs, long_recovery=args.long_recovery,
                       depth_recovery=args.depth_recovery or args.long_recovery)
