@@ -140,15 +140,30 @@ def test_prune_bad_inputs(resnet20_path, cifar_dir, tmp_path):
                       target_latency_ms=0.001, recover=False, limit=50, progress=False)
 
 
+def _reachable_target(resnet20_path, tmp_path, channel_multiple=8):
+    """A latency target halfway between ResNet-20 and its 85%-channel-pruned floor, both timed here
+    on ONNX Runtime FP32 at 1 thread. A fixed fraction of the unpruned time is not portable: on a
+    host where per-layer overhead weighs more, the floor sits above it and the target is (rightly)
+    refused as unreachable; CI saw the floor at 0.76x."""
+    from edgekit.pruning.structured import risky_layers
+    from edgekit.stages.prune import measure_latency
+
+    loaded = edgekit.load_model(resnet20_path, arch="cifar_resnet20")
+    module, card = loaded.module, loaded.card
+    floor = prune_channels(module, (3, 32, 32), 0.85, channel_multiple=channel_multiple,
+                           risky=risky_layers(module, (3, 32, 32))).model
+    rows = measure_latency({"base": module, "floor": floor}, card, tmp_path / "m", ["onnxruntime"], [1])
+    base, low = (r["latency_ms_p50"] for r in rows)
+    assert low < 0.9 * base, f"85% of the channels removed should be faster: {low:.3f} vs {base:.3f} ms"
+    return round((base + low) / 2, 3)
+
+
 def test_latency_target_is_measured_and_checked_again(resnet20_path, cifar_dir, tmp_path):
     """A reachable host target: the search finds a smaller model, and the record states whether
     the final (longer) measurement still meets the target, on the runtime and precision it used."""
-    from edgekit.stages.prune import measure_latency
-
-    module, card = get_model("cifar_resnet20", num_classes=10)
-    base = measure_latency({"r20": module}, card, tmp_path / "m", ["onnxruntime"], [1])[0]["latency_ms_p50"]
+    target = _reachable_target(resnet20_path, tmp_path)
     res = edgekit.prune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "p",
-                        target_latency_ms=round(0.7 * base, 3), recover=False, limit=50, progress=False, timing=FAST)
+                        target_latency_ms=target, recover=False, limit=50, progress=False, timing=FAST)
     t = res.summary["target_latency"]
     assert t["on"] == "onnxruntime FP32, 1 thread(s)" and t["met"] == (t["final_ms"] <= t["target_ms"])
     assert res.steps[0]["measured_ms"] <= t["target_ms"] < res.steps[0]["unpruned_ms"]
@@ -161,16 +176,15 @@ def test_latency_target_for_a_profile_measured_here(resnet20_path, cifar_dir, tm
     latency target on its prediction; on the device itself, or with this host standing in, the
     candidates are timed here on the profile's first runtime instead."""
     from edgekit.errors import InputError
-    from edgekit.stages.prune import measure_latency
+    from edgekit.profiles import get_profile
 
-    module, card = get_model("cifar_resnet20", num_classes=10)
-    base = measure_latency({"r20": module}, card, tmp_path / "m", ["onnxruntime"], [1])[0]["latency_ms_p50"]
+    target = _reachable_target(resnet20_path, tmp_path, get_profile("x86").channel_multiple)
     res = edgekit.prune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "p", profile="x86",
-                        measure_here=True, latency_precision="fp32", target_latency_ms=round(0.7 * base, 3),
+                        measure_here=True, latency_precision="fp32", target_latency_ms=target,
                         recover=False, limit=50, progress=False, timing=FAST)
     step = res.steps[0]
     assert "predicted_ms" not in step and step["backend"] == "onnxruntime FP32"
-    assert step["measured_ms"] <= 0.7 * base + 1e-3 and res.summary["target_latency"]["on"] == "onnxruntime FP32, 1 thread(s)"
+    assert step["measured_ms"] <= target + 1e-3 and res.summary["target_latency"]["on"] == "onnxruntime FP32, 1 thread(s)"
     with pytest.raises(InputError, match="--measure-here .* --target-latency-ms"):
         edgekit.prune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "q", profile="x86",
                       measure_here=True, target_macs=0.5, recover=False, progress=False)
