@@ -8,21 +8,23 @@ aware widths to 2x fewer MACs in all), these two with `--long-recovery` epochs (
 rounded and unrounded channel counts (timing only, no recovery); and the MobileNetV2 student (from
 the distillation or quantization benchmark) at 1.5x. Every model is scored on all 10,000 test
 images; FP32 and INT8 (edgekit PTQ, the quantization path) latency on ONNX Runtime and OpenVINO at
-1 and 2 threads, batch 1, all variants of a model timed in interleaved passes, each runtime apart
-(edgekit/bench.py). The 2026-11-25 run (git history of benchmarks/results/pruning.md) also had
+1 and 2 threads, batch 1, in `--rounds` whole rounds (edgekit/bench.py: at 1 thread a model's
+variants in interleaved passes, each runtime apart; at 2 threads one block per variant). The 2026-11-25 run (git history of benchmarks/results/pruning.md) also had
 plain channel pruning at 2x and 3x: 1.49-1.58x faster in FP32 and 1.10-1.29x in INT8 at 2x, slower
 than depth at both sizes.
 
 Resumable: run folders under benchmarks/work/prune/. Writes benchmarks/results/pruning.{json,md}.
 
     python benchmarks/pruning.py [--teacher-epochs 3] [--recovery-epochs 4] [--long-recovery 8]
-        [--depth-recovery 16] [--no-student] [--int8-table]
+        [--depth-recovery 32] [--rounds 3] [--no-student] [--int8-table]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 from pathlib import Path
 
 from _common import CIFAR, RESULTS, WORK, distilled_student, require_shared, weights
@@ -116,16 +118,24 @@ def bench(models: dict[str, Path], args) -> dict:
             rows.append({**info, "backend": backend, "precision": prec})
             runners.append({t: mk(f, precision=prec, threads=t) for t in (1, 2)})
     timing = TimingConfig(warmup=20, iters=args.iters, passes=args.passes, throughput_iters=2)
-    for t in (1, 2):
-        res = time_runners([r[t] for r in runners], sample, timing)
-        for row, tm in zip(rows, res):
-            row[f"p50_ms_{t}t"], row[f"p90_ms_{t}t"] = round(tm.latency_ms_p50, 3), round(tm.latency_ms_p90, 3)
+    # whole rounds, one after another: at 2 threads on this 2-core host one round's unpruned INT8
+    # figure moved from 0.69 to 0.85 ms between runs, so each figure is the median over rounds and
+    # each speed-up the median of the rounds' own same-round ratios
+    for _ in range(args.rounds):
+        for t in (1, 2):
+            res = time_runners([r[t] for r in runners], sample, timing)
+            for row, tm in zip(rows, res):
+                row.setdefault(f"p50_ms_{t}t_rounds", []).append(round(tm.latency_ms_p50, 3))
+                row.setdefault(f"p90_ms_{t}t_rounds", []).append(round(tm.latency_ms_p90, 3))
     base = {(r["backend"], r["precision"]): r for r in rows if r["variant"] == next(iter(models))}
     for r in rows:
         b = base[(r["backend"], r["precision"])]
         r["mac_reduction"] = round(b["macs"] / r["macs"], 2)
         for t in (1, 2):
-            r[f"speedup_{t}t"] = round(b[f"p50_ms_{t}t"] / r[f"p50_ms_{t}t"], 2)
+            r[f"p50_ms_{t}t"] = round(statistics.median(r[f"p50_ms_{t}t_rounds"]), 3)
+            r[f"p90_ms_{t}t"] = round(statistics.median(r[f"p90_ms_{t}t_rounds"]), 3)
+            r[f"speedup_{t}t"] = round(statistics.median(
+                bb / x for bb, x in zip(b[f"p50_ms_{t}t_rounds"], r[f"p50_ms_{t}t_rounds"])), 2)
     return {"rows": rows}
 
 
@@ -167,8 +177,9 @@ def markdown(results: dict, env: dict, args) -> str:
            "ranking (latency-aware: widths from lone-convolution latencies measured on ONNX Runtime, 1 thread, FP32 "
            "unless it says INT8), "
            "channel multiple 8 unless stated; INT8 = edgekit PTQ (512 calibration images). Latency: "
-           f"passes interleaved within each runtime and thread count (each timed apart: edgekit/bench.py), "
-           f"{args.iters} calls per row per thread count."
+           f"at 1 thread passes interleaved within each runtime, at 2 threads one block per row (edgekit/bench.py), "
+           f"{args.iters} calls per row per thread count and round, {args.rounds} rounds: p50/p90 are medians "
+           "over rounds, speed-ups the median of each round's own ratio."
            + (" No MobileNetV2 rows in this run (--no-student)." if args.no_student else ""),
            f"CPU {env['cpu']['model']}; torch {env['versions']['torch']}, onnxruntime {env['versions']['onnxruntime']}, "
            f"openvino {env['versions']['openvino']}, torch-pruning {env['versions']['torch-pruning']}; {env['date']}.", ""]
@@ -188,6 +199,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="test images (0 = all)")
     ap.add_argument("--iters", type=int, default=300)
     ap.add_argument("--passes", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="whole timing rounds; each figure is the median over rounds")
     ap.add_argument("--int8-table", action="store_true",
                     help="also widths from an INT8 latency table (another 20 minutes)")
     ap.add_argument("--no-student", action="store_true", help="ResNet-56 only: no MobileNetV2 rows")
@@ -232,7 +245,7 @@ def main() -> None:
                             mbv2, f"mbv2_1.5x_{mbv2.parent.name}", args, target_macs=2 / 3, kd=True)}
     results = {name: bench(ms, args) for name, ms in models.items()}
     env = environment(threads=[1, 2], recovery_epochs=args.recovery_epochs, long_recovery=args.long_recovery,
-                      depth_recovery=args.depth_recovery or args.long_recovery)
+                      depth_recovery=args.depth_recovery or args.long_recovery, load_average_end=list(os.getloadavg()))
     atomic_write_json(results_dir / "pruning.json", {"results": results, "environment": env, "args": vars(args)})
     md = markdown(results, env, args)
     atomic_write_text(results_dir / "pruning.md", md)

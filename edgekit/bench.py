@@ -8,6 +8,15 @@ interleaved with each other and apart from every other group. Two runtimes' thre
 process disturb each other when their calls alternate at 2 threads: on a 2-core x86 host the
 shared ResNet-20 on OpenVINO took 0.85 ms alternating with ONNX Runtime sessions, 0.53 ms
 grouped or alone; at 1 thread the three ways agree (benchmarks/results/timing_groups.md).
+
+At more than one thread even one runtime's sessions must not alternate: a multi-threaded ONNX
+Runtime session needs tens of calls after another session ran before its second thread helps
+again. ResNet-20 at 2 threads alternating with ResNet-56 every 10 calls ran 0.764 ms, as slow as
+at 1 thread (0.763); every 50 calls 0.530; alone 0.464 (benchmarks/results/session_switch.md).
+INT8 suffers more: ResNet-56 pruned to 14 blocks ran 0.51 ms in the pruning benchmark's 50-call
+passes and 0.35 ms in blocks. A deployed model has its process to itself, so multi-thread groups
+time each runner in one block, warmed up just before it; drift between runners is then for whole
+rounds of the caller to average (benchmarks/pruning.py --rounds).
 """
 
 from __future__ import annotations
@@ -64,20 +73,28 @@ def time_runners(runners: Sequence[Callable[[np.ndarray], np.ndarray]], sample: 
         key = (getattr(r, "backend", type(r).__name__), getattr(r, "threads", None))
         groups.setdefault(key, []).append(i)
     out: list[Timing | None] = [None] * len(runners)
-    for idx in groups.values():
-        for i, tm in zip(idx, _time_group([runners[i] for i in idx], one, big, cfg, progress)):
-            out[i] = tm
+    for (_, threads), idx in groups.items():
+        pooled = isinstance(threads, int) and threads > 1
+        batches = [[i] for i in idx] if pooled else [idx]  # one block per runner: see the module docstring
+        warm_s = 0.2 if pooled else 0.0  # long enough for the thread pool to be awake again
+        for b in batches:
+            for i, tm in zip(b, _time_group([runners[i] for i in b], one, big, cfg, progress, warm_s)):
+                out[i] = tm
     return out  # type: ignore[return-value]
 
 
 def _time_group(runners, one: np.ndarray, big: np.ndarray, cfg: TimingConfig,
-                progress: Callable[[], None] | None) -> list[Timing]:
-    """Warm up, then interleaved passes over runners that may share the process's cores."""
+                progress: Callable[[], None] | None, warm_s: float = 0.0) -> list[Timing]:
+    """Warm up (cfg.warmup calls, and for at least `warm_s` seconds), then interleaved passes
+    over runners that may share the process's cores."""
     lat: list[list[float]] = [[] for _ in runners]
     split: list[list[dict]] = [[] for _ in runners]
     thr: list[list[float]] = [[] for _ in runners]
     for r in runners:
+        t_end = time.perf_counter() + warm_s
         for _ in range(cfg.warmup):
+            r(one)
+        while time.perf_counter() < t_end:
             r(one)
         if cfg.throughput_iters:
             r(big)
