@@ -2,7 +2,8 @@
 on ONNX Runtime and OpenVINO at 1 and 2 threads, timed three ways in one process:
 
 - alternating: one interleaved run over both runtimes' runners (edgekit before 2026-12-06);
-- grouped: `time_runners` as it is now (interleaved within a runtime, runtimes timed apart);
+- grouped: interleaved within a runtime, runtimes timed apart (`time_runners` on 2026-12-06
+  until it timed multi-thread runners one block each, benchmarks/session_switch.py);
 - alone: each runner timed by itself.
 
 Writes benchmarks/results/timing_groups.{json,md}. A few minutes on 2 cores; run nothing else.
@@ -59,7 +60,10 @@ def main() -> None:
         got: dict[str, list[list[float]]] = {"alternating": [], "grouped": [], "alone": []}
         for _ in range(args.rounds):
             got["alternating"].append([t.latency_ms_p50 for t in _time_group(runners, one, one, cfg, None)])
-            got["grouped"].append([t.latency_ms_p50 for t in time_runners(runners, x, cfg)])
+            per = {}  # runners 0, 2 are ONNX Runtime, 1, 3 OpenVINO
+            for idx in ((0, 2), (1, 3)):
+                per.update(zip(idx, _time_group([runners[i] for i in idx], one, one, cfg, None)))
+            got["grouped"].append([per[i].latency_ms_p50 for i in range(len(runners))])
             got["alone"].append([time_runners([r], x, cfg)[0].latency_ms_p50 for r in runners])
         for i, (model, backend) in enumerate(names):
             row = {"model": model, "runtime": backend, "threads": threads}
