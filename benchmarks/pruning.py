@@ -9,9 +9,9 @@ rounded and unrounded channel counts (timing only, no recovery); and the MobileN
 the distillation or quantization benchmark) at 1.5x. Every model is scored on all 10,000 test
 images; FP32 and INT8 (edgekit PTQ, the quantization path) latency on ONNX Runtime and OpenVINO at
 1 and 2 threads, batch 1, in `--rounds` whole rounds (edgekit/bench.py: at 1 thread a model's
-variants in interleaved passes, each runtime apart; at 2 threads one block per variant). The 2026-11-25 run (git history of benchmarks/results/pruning.md) also had
-plain channel pruning at 2x and 3x: 1.49-1.58x faster in FP32 and 1.10-1.29x in INT8 at 2x, slower
-than depth at both sizes.
+variants in interleaved passes, each runtime apart; at 2 threads one block per variant). The
+2026-11-25 run (git history of benchmarks/results/pruning.md) also had plain channel pruning at
+2x and 3x: 1.49-1.58x faster in FP32 and 1.10-1.29x in INT8 at 2x, slower than depth at both sizes.
 
 Resumable: run folders under benchmarks/work/prune/. Writes benchmarks/results/pruning.{json,md}.
 

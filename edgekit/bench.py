@@ -6,15 +6,15 @@ Shared machines are noisy: configurations compared in one run are timed interlea
 Interleaving stops at the runtime: runners of one runtime and thread count are a group, timed
 interleaved with each other and apart from every other group. Two runtimes' thread pools in one
 process disturb each other when their calls alternate at 2 threads: on a 2-core x86 host the
-shared ResNet-20 on OpenVINO took 0.85 ms alternating with ONNX Runtime sessions, 0.53 ms
-grouped or alone; at 1 thread the three ways agree (benchmarks/results/timing_groups.md).
+shared ResNet-20 on OpenVINO took 0.89 ms alternating with ONNX Runtime sessions, 0.54 ms
+grouped, 0.59 alone (benchmarks/results/timing_groups.md).
 
 At more than one thread even one runtime's sessions must not alternate: a multi-threaded ONNX
 Runtime session needs tens of calls after another session ran before its second thread helps
 again. ResNet-20 at 2 threads alternating with ResNet-56 every 10 calls ran 0.764 ms, as slow as
 at 1 thread (0.763); every 50 calls 0.530; alone 0.464 (benchmarks/results/session_switch.md).
 INT8 suffers more: ResNet-56 pruned to 14 blocks ran 0.51 ms in the pruning benchmark's 50-call
-passes and 0.35 ms in blocks. A deployed model has its process to itself, so multi-thread groups
+passes and 0.35 ms in blocks (uncommitted pruning runs). A deployed model has its process to itself, so multi-thread groups
 time each runner in one block, warmed up just before it; drift between runners is then for whole
 rounds of the caller to average (benchmarks/pruning.py --rounds).
 """
