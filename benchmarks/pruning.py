@@ -159,6 +159,12 @@ def targets(rows: list[dict]) -> list[str]:
             *out, ""]
 
 
+def _spread(r: dict, t: int) -> str:
+    """' (rounds a-b)' when a row's p50 over rounds spans more than 25%, else ''."""
+    v = r.get(f"p50_ms_{t}t_rounds") or []
+    return f" (rounds {min(v):.2f}-{max(v):.2f})" if v and max(v) > 1.25 * min(v) else ""
+
+
 def markdown(results: dict, env: dict, args) -> str:
     md = ["# Pruning benchmark (CIFAR-10 JPEG test set; latency measured, batch 1)", ""]
     for model, res in results.items():
@@ -168,8 +174,8 @@ def markdown(results: dict, env: dict, args) -> str:
             ep = "-" if r.get("recovery_epochs") is None else r["recovery_epochs"]
             md.append(f"| {r['variant']} | {ep} | {r['top1']:.2f} | {r['macs'] / 1e6:.1f}M | {r['params']:,} | "
                       f"{r['mac_reduction']:.2f}x | {r['backend']} | {r['precision']} | {r['p50_ms_1t']:.3f} / "
-                      f"{r['p90_ms_1t']:.3f} | {r['speedup_1t']:.2f}x | {r['p50_ms_2t']:.3f} / {r['p90_ms_2t']:.3f} | "
-                      f"{r['speedup_2t']:.2f}x |")
+                      f"{r['p90_ms_1t']:.3f} | {r['speedup_1t']:.2f}x | {r['p50_ms_2t']:.3f} / {r['p90_ms_2t']:.3f}"
+                      f"{_spread(r, 2)} | {r['speedup_2t']:.2f}x |")
         md.append("")
         md += targets(res["rows"])
     md += [f"Setup: {args.limit or 'all 10,000'} test images; recovery as listed per row (epochs of the full train/ split), "
@@ -179,7 +185,9 @@ def markdown(results: dict, env: dict, args) -> str:
            "channel multiple 8 unless stated; INT8 = edgekit PTQ (512 calibration images). Latency: "
            f"at 1 thread passes interleaved within each runtime, at 2 threads one block per row (edgekit/bench.py), "
            f"{args.iters} calls per row per thread count and round, {args.rounds} rounds: p50/p90 are medians "
-           "over rounds, speed-ups the median of each round's own ratio."
+           "over rounds, speed-ups the median of each round's own ratio. A 2-thread figure marked (rounds a-b) "
+           "had rounds more than 25% apart: on this 2-core VM a 2-thread round sometimes runs at 1-thread "
+           "speed even with nothing else running here, so read that row's 2-thread figures as noisy."
            + (" No MobileNetV2 rows in this run (--no-student)." if args.no_student else ""),
            f"CPU {env['cpu']['model']}; torch {env['versions']['torch']}, onnxruntime {env['versions']['onnxruntime']}, "
            f"openvino {env['versions']['openvino']}, torch-pruning {env['versions']['torch-pruning']}; {env['date']}.", ""]
@@ -205,8 +213,15 @@ def main() -> None:
                     help="also widths from an INT8 latency table (another 20 minutes)")
     ap.add_argument("--no-student", action="store_true", help="ResNet-56 only: no MobileNetV2 rows")
     ap.add_argument("--train-limit", type=int, default=0, help="smoke runs: train on N images (0 = all)")
+    ap.add_argument("--render", type=Path, default=None, metavar="RESULTS.json",
+                    help="only rewrite RESULTS.md from a saved RESULTS.json")
     ap.add_argument("--work", type=Path, default=WORKP, help="run folders and results (smoke runs: elsewhere)")
     args = ap.parse_args()
+    if args.render:  # re-render a saved run's Markdown (e.g. after a change to the table), no timing
+        saved = json.loads(args.render.read_text())
+        atomic_write_text(args.render.with_suffix(".md"), markdown(saved["results"], saved["environment"],
+                                                                   argparse.Namespace(**saved["args"])))
+        return
     require_shared()
     if args.work != WORKP:
         WORKP, TEACHER = args.work, args.work / "teacher"
