@@ -9,6 +9,9 @@ tries first, on the same runtimes and threads.
   Pruning the student, not the teacher: the deployed model is the student, so that is where
   latency is won (an earlier recipe pruned ResNet-56 before distilling and gained nothing on
   the final model's latency).
+- x86-depth (`--depth-blocks`, default 14; 0 skips it): the alternative a skeptical engineer
+  tries once MobileNetV2 turns out no faster than ResNet-32 in INT8 here (pruning.md): remove
+  that many of ResNet-56's 27 residual blocks with KD recovery, then the same INT8 QAT; no student.
 - jetson, raspberry-pi-5: the model stages are the same and take hours on 2 cores, so these runs
   start from the x86 run's last accepted float model (its pruned student, or the student if the
   prune was rolled back for missing the accuracy budget) and add the profile's own part: INT8
@@ -90,9 +93,15 @@ def int8_qat(model: Path, name: str, args) -> Path:
     return folder
 
 
-def recipe(args, full: bool) -> Recipe:
+def recipe(args, full: bool, depth: bool = False) -> Recipe:
     stages = [{"stage": "quantize", "mode": "qat", "bits": 8, "epochs": args.qat_epochs, "kd": True},
               {"stage": "benchmark"}]
+    if depth:  # the alternative x86 recipe: fewer layers of the teacher itself, no student
+        return Recipe.model_validate({
+            "name": f"benchmark: remove {args.depth_blocks} residual blocks (KD recovery) + INT8 QAT",
+            "train": {"batch_size": 128, "train_limit": args.train_limit},
+            "stages": [{"stage": "prune", "drop_blocks": args.depth_blocks, "recovery_epochs": args.depth_recovery,
+                        "kd": True}] + stages})
     if full:
         stages = [{"stage": "distill", "student": f"cifar_mobilenet_v2:width={args.width}",
                    "student_weights": args.student_weights, "epochs": args.distill_epochs, "lr": args.distill_lr},
@@ -115,10 +124,11 @@ def latency_target(teacher_ckpt: Path, r56_int8: Path, args) -> float:
     return round(t.latency_ms_p50 / 3.3, 3)
 
 
-def run_profile(profile: str, model: Path, args, full: bool):
-    res = edgekit.compress(model, profile=profile, data=CIFAR, out=WORKC / f"run_{profile}", recipe=recipe(args, full),
-                           limit=args.limit or None, resume=True)
-    dest = RESULTS / f"compress_{profile}"
+def run_profile(profile: str, model: Path, args, full: bool, depth: bool = False):
+    name = f"{profile}-depth" if depth else profile
+    res = edgekit.compress(model, profile=profile, data=CIFAR, out=WORKC / f"run_{name}",
+                           recipe=recipe(args, full, depth), limit=args.limit or None, resume=True)
+    dest = RESULTS / f"compress_{name}"
     dest.mkdir(parents=True, exist_ok=True)
     for f in ("report.md", "report.json", "pareto.png"):
         if (res.out / f).exists():
@@ -159,7 +169,7 @@ def headline(models: dict[str, tuple[Path, Path]], args) -> list[dict]:
 
 #: the headline's candidates: the compress run's final model, and the distilled student when the
 #: run's accuracy budget rolled it back (the trade-off the budget refused, measured anyway)
-CANDIDATES = ("compressed (x86)", "distilled student (rolled back)")
+CANDIDATES = ("compressed (x86)", "compressed (x86, depth)", "distilled student (rolled back)")
 
 
 def checks(rows: list[dict], teacher_top1: float) -> dict:
@@ -207,7 +217,11 @@ def markdown(rows, chk, runs, teacher_top1, env, args) -> str:
            + (f" starting from {args.student_weights}" if args.student_weights else " from a fresh init")
            + f"; prune the student's channels to {args.target_latency_ms} ms (ONNX Runtime INT8, 1 thread, batch 1, "
            f"measured here), {args.recovery_epochs} KD recovery epoch(s); INT8 QAT {args.qat_epochs} epoch(s) with KD "
-           f"for every INT8 model. Latency: batch 1, interleaved passes, {args.iters} calls per row per thread count"
+           f"for every INT8 model"
+           + (f"; x86-depth: {args.depth_blocks} of ResNet-56's 27 blocks removed, {args.depth_recovery} KD recovery "
+              "epoch(s), then the same QAT" if args.depth_blocks else "")
+           + f". Latency: batch 1; at 1 thread passes interleaved within each runtime, at 2 threads one block per "
+           f"model (edgekit/bench.py); {args.iters} calls per row per thread count"
            + (f"; QUICK smoke run (train_limit {args.train_limit})" if args.train_limit else "") + ".",
            f"CPU {env['cpu']['model']}; torch {env['versions']['torch']}, onnxruntime {env['versions']['onnxruntime']}, "
            f"openvino {env['versions']['openvino']}; {env['date']}.", ""]
@@ -231,6 +245,10 @@ def main() -> None:
     ap.add_argument("--student-weights", default=None,
                     help="start the distill stage's student from these weights (e.g. benchmarks/distill.py's "
                          "KD student of the same --width) instead of a fresh init")
+    ap.add_argument("--depth-blocks", type=int, default=14,
+                    help="also an x86 run that removes this many of ResNet-56's 27 residual blocks (KD "
+                         "recovery) before INT8 QAT, no student: the alternative recipe (0 = skip)")
+    ap.add_argument("--depth-recovery", type=int, default=8, help="recovery epochs of that run")
     ap.add_argument("--profiles", default="x86,jetson,raspberry-pi-5")
     ap.add_argument("--limit", type=int, default=0, help="test images (0 = all)")
     ap.add_argument("--iters", type=int, default=300)
@@ -245,7 +263,7 @@ def main() -> None:
     require_shared()
     if args.quick:
         args.train_limit, args.limit, args.iters, args.passes = 2000, 500, 20, 2
-        args.teacher_epochs = args.recovery_epochs = args.distill_epochs = args.qat_epochs = 1
+        args.teacher_epochs = args.recovery_epochs = args.distill_epochs = args.qat_epochs = args.depth_recovery = 1
         WORKC = WORK / "compress_quick"
         TEACHER = WORKC / "teacher"
         RESULTS = WORKC / "results"
@@ -263,6 +281,8 @@ def main() -> None:
         args.target_latency_ms = json.loads(saved.read_text())["target_ms"]
         print(f"student latency target: {args.target_latency_ms} ms (ResNet-56 INT8 / 3.3)")
     runs = {"x86": run_profile("x86", t, args, full=True)}
+    if args.depth_blocks:
+        runs["x86-depth"] = run_profile("x86", t, args, full=False, depth=True)
     start = _float_model(runs["x86"])
     for p in profiles:
         if p != "x86":
@@ -272,6 +292,9 @@ def main() -> None:
         models[f"ResNet-{d} INT8"] = (ft, int8_qat(ft, f"resnet{d}", args))
     final = Path(runs["x86"].report["final_model"])
     models["compressed (x86)"] = (final, WORKC / "run_x86" / "deploy")
+    if "x86-depth" in runs:
+        models["compressed (x86, depth)"] = (Path(runs["x86-depth"].report["final_model"]),
+                                             WORKC / "run_x86-depth" / "deploy")
     if (student := _rolled_back_student(runs["x86"])) is not None:
         models["distilled student (rolled back)"] = (student, int8_qat(student, "student", args))
     rows = headline(models, args)

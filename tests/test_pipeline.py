@@ -227,6 +227,27 @@ def test_budget_that_cannot_be_met(tmp_path, digits_model, ort_profile):
     assert fp32["details"]["within_budget"] and "(input model)" in md
 
 
+def test_unreachable_latency_target_goes_on_without_the_stage(tmp_path, digits_model, ort_profile):
+    """A latency target no channel pruning reaches (here on the profile's predicted latency) is
+    recorded as unreachable, with why, for the recipe's target and each gentler one; the run then
+    goes on with the stage's input and ends with its artifacts, not with a crash."""
+    from edgekit.compress import compress
+    from edgekit.pipeline import Recipe
+
+    recipe = Recipe.model_validate({"train": {"batch_size": 64, "hflip": False}, "stages": [
+        {"stage": "prune", "target_latency_ms": 0.01, "recovery_epochs": 0}, {"stage": "export"}]})
+    res = compress(digits_model, profile=str(ort_profile), data="digits", out=tmp_path / "u", recipe=recipe,
+                   limit=50, progress=False)
+    rep = res.report
+    assert [s["status"] for s in rep["stages"]] == ["unreachable"] * 3
+    assert [s["settings"]["target_latency_ms"] for s in rep["stages"]] == [0.01, 0.0125, 0.0156]
+    assert all("is not reachable" in s["note"] and s["model"].endswith("00_input/model.pt") for s in rep["stages"])
+    assert rep["changed"] is False and rep["final_model"].endswith("00_input/model.pt")
+    assert any(r["status"] == "ok" for r in rep["deploy"])
+    md = (tmp_path / "u" / "report.md").read_text()
+    assert "unreachable (--target-latency-ms 0.01 is not reachable" in md
+
+
 def test_device_that_is_not_here(tmp_path, digits_model):
     """jetson: TensorRT rows say unavailable, ONNX Runtime measures the same graphs as a labelled stand-in,
     every row carries the Orin Nano's predicted latency."""

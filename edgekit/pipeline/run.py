@@ -20,7 +20,7 @@ from typing import Any
 
 from .._io import atomic_write_json, check_out_dir
 from ..errors import InputError
-from ..stages.prune import SameWidths, TargetAlreadyMet
+from ..stages.prune import SameWidths, TargetAlreadyMet, TargetUnreachable
 from .recipe import MODEL_STAGES, Recipe, default_recipe, load_recipe
 
 __all__ = ["compress", "CompressResult", "STATE_FILE", "PROFILE_DEFAULT"]
@@ -196,6 +196,12 @@ def _stage_latency(stage: str, folder: Path, path: Path, src: "_Source | None", 
 _PREDICTED: dict[tuple, float | None] = {}
 
 
+def _unchanged(src_info: dict, base: dict, index: int, stage: str, folder: Path) -> dict:
+    """A stage row for an attempt that produced no model: the stage's input, as it goes on."""
+    keep = {k: v for k, v in src_info.items() if k not in ("attempt", "settings", "status", "note", "seconds")}
+    return {**keep, "index": index, "stage": stage, "dir": str(folder), "drop": round(base["top1"] - src_info["top1"], 2)}
+
+
 def _describe(path: Path, eval_split) -> dict:
     """Top-1 (torch; fake-quant for quantized checkpoints), MACs, params and file size of a model."""
     from ..models import load_model
@@ -291,6 +297,7 @@ def compress(model: str | Path, *, profile: str, data: str | Path, out: str | Pa
     save()
     ctx = {"recipe": rec, "data": data, "progress": progress, "profile": prof, "limit": limit, "student": student}
     src = _Source(str(base_path))
+    src_info = base  # what an unreachable stage row shows: its input, unchanged
     done = {(r["index"], r["attempt"]): r for r in state["stages"]}
     model_stages = [(i, s) for i, s in enumerate(rec.stages) if s.stage in MODEL_STAGES]
     for n, (i, spec) in enumerate(model_stages, 1):
@@ -311,8 +318,19 @@ def compress(model: str | Path, *, profile: str, data: str | Path, out: str | Pa
                     shutil.rmtree(folder, ignore_errors=True)
                     note = (f"same widths as attempt {prev['attempt']}" if isinstance(e, SameWidths)
                             else f"nothing to try: {e}")
-                    r = {**prev, "attempt": k, "settings": attempt.model_dump(), "status": "skipped",
+                    # (prev is None when every earlier attempt was unreachable: show the input)
+                    r = {**(prev or _unchanged(src_info, base, i, spec.stage, folder)), "attempt": k, "settings": attempt.model_dump(), "status": "skipped",
                          "note": note, "seconds": round(time.time() - t0, 1)}
+                    state["stages"].append(r)
+                    save()
+                    continue
+                except TargetUnreachable as e:
+                    # this model cannot get there (e.g. per-layer overhead): say so and try the
+                    # gentler targets; if none is reachable the run goes on without the stage
+                    shutil.rmtree(folder, ignore_errors=True)
+                    r = {**_unchanged(src_info, base, i, spec.stage, folder), "attempt": k,
+                         "settings": attempt.model_dump(), "status": "unreachable", "note": str(e),
+                         "seconds": round(time.time() - t0, 1)}
                     state["stages"].append(r)
                     save()
                     continue
@@ -331,15 +349,16 @@ def compress(model: str | Path, *, profile: str, data: str | Path, out: str | Pa
             if r["status"] == "ok":
                 accepted = r
                 break
-            if r["status"] != "skipped":
+            if r["status"] not in ("skipped", "unreachable"):
                 prev = r
         if accepted is None:
             for r in state["stages"]:
-                if r["index"] == i and r["status"] != "skipped":
+                if r["index"] == i and r["status"] == "over budget":
                     r["status"] = "rolled back"
             save()
         else:
             src = _Source(accepted["model"])
+            src_info = accepted
     state["final_model"] = src.path
     report = _deploy(state, rec, prof, base_path, Path(src.path), data, out, limit, seed, progress, budget, timing)
     state["status"] = "done"

@@ -48,6 +48,12 @@ class TargetAlreadyMet(InputError):
     refused with this message; a compress retry with a gentler target skips the attempt)."""
 
 
+class TargetUnreachable(InputError):
+    """Even the most channel pruning tried does not reach the latency target (a user's target
+    is refused with this message; a compress run records the stage as unreachable, tries its
+    gentler targets and otherwise goes on with the stage's input model)."""
+
+
 def _widths(module: nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
@@ -402,7 +408,7 @@ def _prune_to_latency(model, card, size, target_ms, backend, threads, profile=No
         most = prune_channels(model, size, 0.85, **kw)
         floor = latency(most.model, "floor")
         if floor > target_ms:
-            raise InputError(f"--target-latency-ms {target_ms} is not reachable on {where} at {threads} thread(s): "
+            raise TargetUnreachable(f"--target-latency-ms {target_ms} is not reachable on {where} at {threads} thread(s): "
                              f"unpruned {base:.3f} ms, with 85% of the prunable channels removed still {floor:.3f} ms "
                              "(per-layer overhead dominates at small widths); ask for more, or add --drop-blocks N")
         lo, hi, best = 0.0, 0.85, (most, floor)
