@@ -116,8 +116,9 @@ def render_report(report: dict) -> str:
     md += ["", "Stage accuracy, on the held-out images, is what the budget is checked on: the torch model's for "
            "float stages, the deployed file's for a quantize stage (on the runtime in brackets; the fake-quant "
            "torch model can differ on low-margin images). \"Over budget\" stages were retried with a gentler "
-           "setting, \"rolled back\" ones dropped; \"unreachable\": the stage's target cannot be met by its input "
-           "model (the note says why), so the run went on without it. \"measured ms\": what the stage timed itself here, batch 1 "
+           "setting, \"rolled back\" ones dropped; \"unreachable\": the stage's target cannot be met by its "
+           "input model (the note says why), so the run went on without it. \"measured ms\": what the stage "
+           "timed itself here, batch 1 "
            "(prune: its model as deployed on the profile's first runtime; quantize: its deployed file); "
            "\"predicted ms\": the profile's latency model at the precision in brackets (a quantize stage: its "
            "input's graph in INT8). The final model is measured on every runtime below.", "",

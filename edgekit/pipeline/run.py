@@ -319,8 +319,9 @@ def compress(model: str | Path, *, profile: str, data: str | Path, out: str | Pa
                     note = (f"same widths as attempt {prev['attempt']}" if isinstance(e, SameWidths)
                             else f"nothing to try: {e}")
                     # (prev is None when every earlier attempt was unreachable: show the input)
-                    r = {**(prev or _unchanged(src_info, base, i, spec.stage, folder)), "attempt": k, "settings": attempt.model_dump(), "status": "skipped",
-                         "note": note, "seconds": round(time.time() - t0, 1)}
+                    r = {**(prev or _unchanged(src_info, base, i, spec.stage, folder)), "attempt": k,
+                         "settings": attempt.model_dump(), "status": "skipped", "note": note,
+                         "seconds": round(time.time() - t0, 1)}
                     state["stages"].append(r)
                     save()
                     continue

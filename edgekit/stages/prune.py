@@ -408,9 +408,10 @@ def _prune_to_latency(model, card, size, target_ms, backend, threads, profile=No
         most = prune_channels(model, size, 0.85, **kw)
         floor = latency(most.model, "floor")
         if floor > target_ms:
-            raise TargetUnreachable(f"--target-latency-ms {target_ms} is not reachable on {where} at {threads} thread(s): "
-                             f"unpruned {base:.3f} ms, with 85% of the prunable channels removed still {floor:.3f} ms "
-                             "(per-layer overhead dominates at small widths); ask for more, or add --drop-blocks N")
+            raise TargetUnreachable(
+                f"--target-latency-ms {target_ms} is not reachable on {where} at {threads} thread(s): "
+                f"unpruned {base:.3f} ms, with 85% of the prunable channels removed still {floor:.3f} ms "
+                "(per-layer overhead dominates at small widths); ask for more, or add --drop-blocks N")
         lo, hi, best = 0.0, 0.85, (most, floor)
         for k in range(6):
             mid = (lo + hi) / 2
