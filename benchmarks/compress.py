@@ -9,16 +9,20 @@ tries first, on the same runtimes and threads.
   Pruning the student, not the teacher: the deployed model is the student, so that is where
   latency is won (an earlier recipe pruned ResNet-56 before distilling and gained nothing on
   the final model's latency).
-- x86-depth (`--depth-blocks`, default 14; 0 skips it): the alternative a skeptical engineer
-  tries once MobileNetV2 turns out no faster than ResNet-32 in INT8 here (pruning.md): remove
-  that many of ResNet-56's 27 residual blocks with KD recovery, then the same INT8 QAT; no student.
+- x86-depth<N> (`--depth-blocks`, default 14,18; 0 skips them): the alternative a skeptical
+  engineer tries once MobileNetV2 turns out no faster than ResNet-32 in INT8 here (pruning.md):
+  remove N of ResNet-56's 27 residual blocks, chosen latency-aware (added divergence per ms
+  saved, timed on ONNX Runtime INT8 here, one variant per stage: the stages' blocks have equal
+  MACs, not equal latency; the prices are in the run's prune.json), with KD recovery, then the same INT8 QAT; no student. 14 sits near ResNet-32's latency, 18 near
+  ResNet-20's.
 - jetson, raspberry-pi-5: the model stages are the same and take hours on 2 cores, so these runs
   start from the x86 run's last accepted float model (its pruned student, or the student if the
   prune was rolled back for missing the accuracy budget) and add the profile's own part: INT8
   QAT, export for its runtime (Jetson: TensorRT bundles, ONNX Runtime stand-in, predicted
   latency; Pi: ONNX Runtime) and the report.
 - Baselines: the fine-tuned ResNet-56 at INT8 (QAT, its own best INT8 artifact), and ResNet-20 /
-  ResNet-32 from the shared weights fine-tuned for the teacher's epochs, then INT8 QAT.
+  ResNet-32 from the shared weights fine-tuned for `--baseline-epochs` (default: the teacher's
+  epochs plus the depth runs' recovery epochs, the same training budget), then INT8 QAT.
 - When the x86 run's accuracy budget rolls the distilled student back, the student still gets
   its INT8 QAT artifact and a headline row: the trade-off the budget refused, measured.
 - Headline: every INT8 artifact scored on all 10,000 test images through its runtime and timed
@@ -75,10 +79,12 @@ def teacher(args) -> Path:
 
 
 def small_baseline(depth: int, args) -> Path:
-    """ResNet-20/32 fine-tuned for the teacher's budget: "just pick a smaller model"."""
-    res = finetune(weights(depth), arch=f"cifar_resnet{depth}", data=CIFAR, out=WORKC / f"resnet{depth}_ft",
-                   resume=True, config=TrainConfig(epochs=args.teacher_epochs, batch_size=128, lr=0.01, seed=0,
-                                                   train_limit=args.train_limit))
+    """ResNet-20/32 fine-tuned for the depth candidates' training budget (the teacher's epochs
+    plus their recovery epochs): "just pick a smaller model", trained as long."""
+    res = finetune(weights(depth), arch=f"cifar_resnet{depth}", data=CIFAR,
+                   out=WORKC / f"resnet{depth}_ft_e{args.baseline_epochs}", resume=True,
+                   config=TrainConfig(epochs=args.baseline_epochs, batch_size=128, lr=0.01, seed=0,
+                                      train_limit=args.train_limit))
     return res.best_path
 
 
@@ -93,15 +99,16 @@ def int8_qat(model: Path, name: str, args) -> Path:
     return folder
 
 
-def recipe(args, full: bool, depth: bool = False) -> Recipe:
+def recipe(args, full: bool, depth: int = 0) -> Recipe:
     stages = [{"stage": "quantize", "mode": "qat", "bits": 8, "epochs": args.qat_epochs, "kd": True},
               {"stage": "benchmark"}]
     if depth:  # the alternative x86 recipe: fewer layers of the teacher itself, no student
         return Recipe.model_validate({
-            "name": f"benchmark: remove {args.depth_blocks} residual blocks (KD recovery) + INT8 QAT",
+            "name": f"benchmark: remove {depth} residual blocks, latency-aware (KD recovery) + INT8 QAT",
             "train": {"batch_size": 128, "train_limit": args.train_limit},
-            "stages": [{"stage": "prune", "drop_blocks": args.depth_blocks, "recovery_epochs": args.depth_recovery,
-                        "kd": True}] + stages})
+            "stages": [{"stage": "prune", "drop_blocks": depth, "target_macs": None, "latency_aware": True,
+                        "measure_here": True,
+                        "recovery_epochs": args.depth_recovery, "kd": True}] + stages})
     if full:
         stages = [{"stage": "distill", "student": f"cifar_mobilenet_v2:width={args.width}",
                    "student_weights": args.student_weights, "epochs": args.distill_epochs, "lr": args.distill_lr},
@@ -124,8 +131,8 @@ def latency_target(teacher_ckpt: Path, r56_int8: Path, args) -> float:
     return round(t.latency_ms_p50 / 3.3, 3)
 
 
-def run_profile(profile: str, model: Path, args, full: bool, depth: bool = False):
-    name = f"{profile}-depth" if depth else profile
+def run_profile(profile: str, model: Path, args, full: bool, depth: int = 0):
+    name = f"{profile}-depth{depth}" if depth else profile
     res = edgekit.compress(model, profile=profile, data=CIFAR, out=WORKC / f"run_{name}",
                            recipe=recipe(args, full, depth), limit=args.limit or None, resume=True)
     dest = RESULTS / f"compress_{name}"
@@ -167,15 +174,15 @@ def headline(models: dict[str, tuple[Path, Path]], args) -> list[dict]:
     return rows
 
 
-#: the headline's candidates: the compress run's final model, and the distilled student when the
-#: run's accuracy budget rolled it back (the trade-off the budget refused, measured anyway)
-CANDIDATES = ("compressed (x86)", "compressed (x86, depth)", "distilled student (rolled back)")
+#: the headline's baselines; every other row is a candidate (the compress runs' final models, and
+#: the distilled student when the run's accuracy budget rolled it back: the trade-off refused)
+BASELINES = ("ResNet-56 INT8", "ResNet-20 INT8", "ResNet-32 INT8")
 
 
 def checks(rows: list[dict], teacher_top1: float) -> dict:
     by = {(r["model"], r["backend"]): r for r in rows}
     out = {}
-    for cand in CANDIDATES:
+    for cand in dict.fromkeys(r["model"] for r in rows if r["model"] not in BASELINES):
         for b in RUNTIMES:
             if (cand, b) not in by:
                 continue
@@ -189,6 +196,16 @@ def checks(rows: list[dict], teacher_top1: float) -> dict:
                 s = by[(small, b)]
                 o[f"beats_{small.split()[0]}"] = c["top1"] >= s["top1"] and c["p50_ms_1t"] <= s["p50_ms_1t"]
     return out
+
+
+def _depth_label(res, asked: int) -> str:
+    """What an x86-depth run delivered: the accuracy budget may have kept a gentler attempt (fewer
+    blocks removed) or none (then its final model is the teacher, quantized)."""
+    ok = [s for s in res.report["stages"] if s["stage"] == "prune" and s["status"] == "ok"]
+    if not ok:
+        return f"compressed (x86, asked {asked} blocks removed: rolled back, no blocks removed)"
+    n = ok[-1]["settings"]["drop_blocks"]
+    return f"compressed (x86, {n} blocks removed" + (f"; {asked} missed the budget)" if n != asked else ")")
 
 
 def _rolled_back_student(res) -> Path | None:
@@ -212,14 +229,16 @@ def markdown(rows, chk, runs, teacher_top1, env, args) -> str:
     for p, res in runs.items():
         st = ", ".join(f"{s['stage']} {s['status']} ({s['top1']:.2f}%)" for s in res.report["stages"])
         md.append(f"- {p}: {st}")
-    md += ["", f"Setup: teacher and small baselines fine-tuned {args.teacher_epochs} epochs (SGD lr 0.01 cosine); distill "
+    md += ["", f"Setup: teacher fine-tuned {args.teacher_epochs} epochs, ResNet-20/32 {args.baseline_epochs} "
+           f"(SGD lr 0.01 cosine); distill "
            f"{args.distill_epochs} epoch(s) at lr {args.distill_lr} into cifar_mobilenet_v2:width={args.width}"
            + (f" starting from {args.student_weights}" if args.student_weights else " from a fresh init")
            + f"; prune the student's channels to {args.target_latency_ms} ms (ONNX Runtime INT8, 1 thread, batch 1, "
            f"measured here), {args.recovery_epochs} KD recovery epoch(s); INT8 QAT {args.qat_epochs} epoch(s) with KD "
            f"for every INT8 model"
-           + (f"; x86-depth: {args.depth_blocks} of ResNet-56's 27 blocks removed, {args.depth_recovery} KD recovery "
-              "epoch(s), then the same QAT" if args.depth_blocks else "")
+           + (f"; x86-depth<N>: N = {', '.join(map(str, args.depth_blocks))} of ResNet-56's 27 blocks removed "
+              f"(latency-aware), {args.depth_recovery} KD recovery epoch(s), then the same QAT"
+              if args.depth_blocks else "")
            + f". Latency: batch 1; at 1 thread passes interleaved within each runtime, at 2 threads one block per "
            f"model (edgekit/bench.py); {args.iters} calls per row per thread count"
            + (f"; QUICK smoke run (train_limit {args.train_limit})" if args.train_limit else "") + ".",
@@ -245,10 +264,12 @@ def main() -> None:
     ap.add_argument("--student-weights", default=None,
                     help="start the distill stage's student from these weights (e.g. benchmarks/distill.py's "
                          "KD student of the same --width) instead of a fresh init")
-    ap.add_argument("--depth-blocks", type=int, default=14,
-                    help="also an x86 run that removes this many of ResNet-56's 27 residual blocks (KD "
-                         "recovery) before INT8 QAT, no student: the alternative recipe (0 = skip)")
-    ap.add_argument("--depth-recovery", type=int, default=8, help="recovery epochs of that run")
+    ap.add_argument("--depth-blocks", default="14,18",
+                    help="also x86 runs that remove this many of ResNet-56's 27 residual blocks each "
+                         "(latency-aware, KD recovery) before INT8 QAT, no student: the alternative recipe (0 = none)")
+    ap.add_argument("--depth-recovery", type=int, default=8, help="recovery epochs of those runs")
+    ap.add_argument("--baseline-epochs", type=int, default=None,
+                    help="fine-tuning epochs of ResNet-20/32 (default: --teacher-epochs + --depth-recovery)")
     ap.add_argument("--profiles", default="x86,jetson,raspberry-pi-5")
     ap.add_argument("--limit", type=int, default=0, help="test images (0 = all)")
     ap.add_argument("--iters", type=int, default=300)
@@ -257,6 +278,7 @@ def main() -> None:
                     "test images, results under benchmarks/work/compress_quick/ (not committed)")
     args = ap.parse_args()
     args.train_limit = None
+    args.depth_blocks = [int(d) for d in args.depth_blocks.split(",") if int(d) > 0]
     warm = args.student_weights is not None
     args.distill_epochs = args.distill_epochs or (1 if warm else 10)
     args.distill_lr = args.distill_lr or (0.002 if warm else 0.05)
@@ -264,9 +286,11 @@ def main() -> None:
     if args.quick:
         args.train_limit, args.limit, args.iters, args.passes = 2000, 500, 20, 2
         args.teacher_epochs = args.recovery_epochs = args.distill_epochs = args.qat_epochs = args.depth_recovery = 1
+        args.depth_blocks = args.depth_blocks[:1]
         WORKC = WORK / "compress_quick"
         TEACHER = WORKC / "teacher"
         RESULTS = WORKC / "results"
+    args.baseline_epochs = args.baseline_epochs or args.teacher_epochs + args.depth_recovery
     RESULTS.mkdir(parents=True, exist_ok=True)
     t = teacher(args)
     teacher_top1 = json.loads((t.parent / "summary.json").read_text()).get("best_top1") \
@@ -281,20 +305,20 @@ def main() -> None:
         args.target_latency_ms = json.loads(saved.read_text())["target_ms"]
         print(f"student latency target: {args.target_latency_ms} ms (ResNet-56 INT8 / 3.3)")
     runs = {"x86": run_profile("x86", t, args, full=True)}
-    if args.depth_blocks:
-        runs["x86-depth"] = run_profile("x86", t, args, full=False, depth=True)
+    for d in args.depth_blocks:
+        runs[f"x86-depth{d}"] = run_profile("x86", t, args, full=False, depth=d)
     start = _float_model(runs["x86"])
     for p in profiles:
         if p != "x86":
             runs[p] = run_profile(p, start, args, full=False)
     for d in (20, 32):
         ft = small_baseline(d, args)
-        models[f"ResNet-{d} INT8"] = (ft, int8_qat(ft, f"resnet{d}", args))
+        models[f"ResNet-{d} INT8"] = (ft, int8_qat(ft, ft.parent.name, args))  # named for its float model
     final = Path(runs["x86"].report["final_model"])
     models["compressed (x86)"] = (final, WORKC / "run_x86" / "deploy")
-    if "x86-depth" in runs:
-        models["compressed (x86, depth)"] = (Path(runs["x86-depth"].report["final_model"]),
-                                             WORKC / "run_x86-depth" / "deploy")
+    for d in args.depth_blocks:
+        models[_depth_label(runs[f"x86-depth{d}"], d)] = (Path(runs[f"x86-depth{d}"].report["final_model"]),
+                                                          WORKC / f"run_x86-depth{d}" / "deploy")
     if (student := _rolled_back_student(runs["x86"])) is not None:
         models["distilled student (rolled back)"] = (student, int8_qat(student, "student", args))
     rows = headline(models, args)

@@ -153,3 +153,40 @@ def test_timing_groups_runtimes_and_keeps_order(bench):
     pooled = [Logged(OrtRunner(onnx, precision="fp32", threads=2), n) for n in ("two-a", "two-b")]
     time_runners(pooled, x, TimingConfig(warmup=2, iters=8, passes=4, throughput_batch=2, throughput_iters=0))
     assert log.index("two-b") > len(log) - 1 - log[::-1].index("two-a")
+
+
+def test_export_cache_reuses_only_the_same_model(tmp_path):
+    """A model exported again in the same process is copied from the first export (the pipeline
+    exports one model several times); any change to a weight or a plain attribute is a new export,
+    never a stale file."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from edgekit.exporters.onnx import _CACHE, _cache_key, export_onnx
+    from edgekit.models import get_model
+
+    torch.manual_seed(0)
+    module, card = get_model("cifar_resnet20", num_classes=10)
+    module.eval()
+    x = torch.randn(2, *card.input_size)
+
+    def run(path):
+        return ort.InferenceSession(str(path)).run(None, {"input": x.numpy()})[0]
+
+    a = export_onnx(module, card, tmp_path / "a.onnx")
+    key = _cache_key(module, tuple(card.input_size), None, True)
+    assert key in _CACHE.files
+    b = export_onnx(module, card.with_(source="renamed"), tmp_path / "b.onnx")
+    np.testing.assert_array_equal(run(a), run(b))
+    meta = {p.key: p.value for p in onnx.load(str(b)).metadata_props}
+    assert json.loads(meta["edgekit_card"])["source"] == "renamed"  # the new card, not the cached one
+    with torch.no_grad():
+        module.linear.weight[0, 0] += 1.0
+    assert _cache_key(module, tuple(card.input_size), None, True) != key
+    c = export_onnx(module, card, tmp_path / "c.onnx")
+    with torch.no_grad():
+        ref = module(x).numpy()
+    assert np.abs(run(c) - ref).max() < 1e-4 and np.abs(run(a) - ref).max() > 1e-3
+    module.layer1[0].conv1.stride = (2, 2)  # a plain attribute changes the graph: a new key
+    assert _cache_key(module, tuple(card.input_size), None, True) not in (key, None)

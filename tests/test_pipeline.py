@@ -242,6 +242,8 @@ def test_unreachable_latency_target_goes_on_without_the_stage(tmp_path, digits_m
     assert [s["status"] for s in rep["stages"]] == ["unreachable"] * 3
     assert [s["settings"]["target_latency_ms"] for s in rep["stages"]] == [0.01, 0.0125, 0.0156]
     assert all("is not reachable" in s["note"] and s["model"].endswith("00_input/model.pt") for s in rep["stages"])
+    # the gentler targets are still under the floor attempt 1 measured: refused without measuring again
+    assert all("not reachable either: attempt 1 measured" in s["note"] for s in rep["stages"][1:])
     assert rep["changed"] is False and rep["final_model"].endswith("00_input/model.pt")
     assert any(r["status"] == "ok" for r in rep["deploy"])
     md = (tmp_path / "u" / "report.md").read_text()

@@ -159,23 +159,12 @@ def _reachable_target(resnet20_path, tmp_path, channel_multiple=8):
     return round((base + low) / 2, 3)
 
 
-def test_latency_target_is_measured_and_checked_again(resnet20_path, cifar_dir, tmp_path):
-    """A reachable host target: the search finds a smaller model, and the record states whether
-    the final (longer) measurement still meets the target, on the runtime and precision it used."""
-    target = _reachable_target(resnet20_path, tmp_path)
-    res = edgekit.prune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "p",
-                        target_latency_ms=target, recover=False, limit=50, progress=False, timing=FAST)
-    t = res.summary["target_latency"]
-    assert t["on"] == "onnxruntime FP32, 1 thread(s)" and t["met"] == (t["final_ms"] <= t["target_ms"])
-    assert res.steps[0]["measured_ms"] <= t["target_ms"] < res.steps[0]["unpruned_ms"]
-    assert res.summary["macs_after"] < res.summary["macs_before"]
-    assert "Latency target" in (tmp_path / "p" / "report.md").read_text()
-
-
 def test_latency_target_for_a_profile_measured_here(resnet20_path, cifar_dir, tmp_path):
     """`--measure-here`: a named profile (x86, a device that is not this machine) normally meets a
     latency target on its prediction; on the device itself, or with this host standing in, the
-    candidates are timed here on the profile's first runtime instead."""
+    candidates are timed here on the profile's first runtime instead (as with no profile). The
+    search finds a smaller model, and the record states whether the final (longer) measurement
+    still meets the target, on the runtime and precision it used."""
     from edgekit.errors import InputError
     from edgekit.profiles import get_profile
 
@@ -186,6 +175,10 @@ def test_latency_target_for_a_profile_measured_here(resnet20_path, cifar_dir, tm
     step = res.steps[0]
     assert "predicted_ms" not in step and step["backend"] == "onnxruntime FP32"
     assert step["measured_ms"] <= target + 1e-3 and res.summary["target_latency"]["on"] == "onnxruntime FP32, 1 thread(s)"
+    t = res.summary["target_latency"]
+    assert t["met"] == (t["final_ms"] <= t["target_ms"]) and t["target_ms"] < step["unpruned_ms"]
+    assert res.summary["macs_after"] < res.summary["macs_before"]
+    assert "Latency target" in (tmp_path / "p" / "report.md").read_text()
     with pytest.raises(InputError, match="--measure-here .* --target-latency-ms"):
         edgekit.prune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "q", profile="x86",
                       measure_here=True, target_macs=0.5, recover=False, progress=False)
@@ -252,7 +245,7 @@ def test_latency_aware_prune_stage(backend, precision, resnet20_path, cifar_dir,
     assert res.summary["macs_after"] <= (0.62 if precision == "fp32" else 0.99) * res.summary["macs_before"]
     assert "latency-aware" in (tmp_path / "p" / "report.md").read_text()
     if backend == "onnxruntime":
-        with pytest.raises(InputError, match="--latency-aware allocates channel pruning"):
+        with pytest.raises(InputError, match="--latency-aware weighs channel or block pruning"):
             edgekit.prune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "s", sparsity=0.5,
                           latency_aware=True)
         with pytest.raises(InputError, match="--latency-precision must be fp32 or int8"):
@@ -323,8 +316,14 @@ def test_drop_blocks_chooses_by_measurement_and_recovers(resnet20_path, cifar_di
                         target_latency_ms=100.0, recover=False, limit=50, progress=False, timing=FAST)
     assert "already meet" in met.steps[0]["note"] and met.steps[0]["measured_ms"] <= 100
     blocks = edgekit.prune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "o", drop_blocks=2,
-                           recover=False, limit=50, progress=False, timing=FAST)
+                           latency_aware=True, recover=False, limit=50, progress=False, timing=FAST)
     assert blocks.method == "blocks" and blocks.summary["allocation"].startswith("none")
+    # latency-aware: one timed variant per group of identical blocks, every candidate priced
+    depth = blocks.steps[0]["depth"]
+    saved = depth["latency_saved_ms"]
+    assert len(saved) == 7 and all(v > 0 for v in saved.values()), saved
+    assert saved["layer1.0"] == saved["layer1.2"] and saved["layer3.1"] == saved["layer3.2"]
+    assert depth["latency_from"] == "onnxruntime FP32, 1 thread(s), here"
     assert met.summary["params_after"] < met.summary["params_before"] and met.method == "blocks+channels"
     with pytest.raises(InputError, match="removable blocks"):
         edgekit.prune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "x", drop_blocks=8,
@@ -332,6 +331,28 @@ def test_drop_blocks_chooses_by_measurement_and_recovers(resnet20_path, cifar_di
     with pytest.raises(InputError, match="not --sparsity"):
         edgekit.prune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "y", drop_blocks=2,
                       sparsity=0.5)
+
+
+def test_latency_aware_block_choice_trades_divergence_for_time(resnet20_path, cifar_dir):
+    """Given what each block's removal saves, the greedy choice is the least added divergence per
+    ms: the block it would drop first on divergence alone, priced as saving almost nothing,
+    gives way to the next one. Identical blocks (same type, input shape, weights) group."""
+    from edgekit.pruning.depth import block_groups, drop_blocks, droppable_blocks
+
+    loaded = edgekit.load_model(resnet20_path, arch="cifar_resnet20")
+    size = loaded.card.input_size
+    ds = load_dataset(cifar_dir, input_size=size)
+    batches = [x for x, _ in ds.train.subset(128, seed=0).batches(64, mean=loaded.card.mean, std=loaded.card.std)]
+    names = droppable_blocks(loaded.module, size)
+    assert block_groups(loaded.module, size, names) == [["layer1.0", "layer1.1", "layer1.2"],
+                                                       ["layer2.1", "layer2.2"], ["layer3.1", "layer3.2"]]
+    plain = drop_blocks(loaded.module, size, 1, batches)
+    first = plain.dropped[0]
+    second = sorted(plain.alone, key=plain.alone.__getitem__)[1]
+    priced = drop_blocks(loaded.module, size, 1, batches,
+                         latency=lambda ns: {n: (1e-3 if n == first else 1.0) for n in ns})
+    assert priced.dropped == [second] and priced.latency_saved_ms[first] == 1e-3
+    assert priced.to_dict()["latency_saved_ms"][second] == 1.0
 
 
 class _Interrupted(Exception):

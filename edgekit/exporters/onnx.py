@@ -36,6 +36,10 @@ def export_onnx(module: "torch.nn.Module", card: "ModelCard", path: Path, *,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     x = torch.zeros(1, *card.input_size)
+    key = _cache_key(module, tuple(card.input_size), opset, dynamic_batch)
+    if key is not None and _CACHE.get(key, path):
+        attach_card(path, card)
+        return path
     errors = []
     for dynamo in (True, False):
         try:
@@ -46,12 +50,88 @@ def export_onnx(module: "torch.nn.Module", card: "ModelCard", path: Path, *,
                 # dynamo writes opset 18 at least, whatever it is asked for; older targets
                 # (TensorRT 8.x) need the TorchScript exporter's real lower opsets
                 raise ExportError(f"wrote opset {written}, not the {opset} asked for")
+            if key is not None:
+                _CACHE.put(key, path)
             attach_card(path, card)
             return path
         except Exception as e:  # noqa: BLE001 - every exporter failure is reported, not raised raw
             errors.append(f"{'dynamo' if dynamo else 'legacy'}: {type(e).__name__}: "
                           f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}")
     raise ExportError("ONNX export failed (" + "; ".join(errors) + ")")
+
+
+class _ExportCache:
+    """Exported graphs of this process, by model content: the pipeline exports the same model
+    several times (its latency predicted, timed, deployed, again as a retry's baseline), and a
+    dynamo export costs seconds (minutes for large models). Files live in a private temporary
+    folder (removed at exit); small models only, the last few."""
+
+    MAX_BYTES, MAX_ENTRIES = 200_000_000, 16
+
+    def __init__(self) -> None:
+        self.dir: Path | None = None
+        self.files: dict[str, Path] = {}
+
+    def get(self, key: str, dest: Path) -> bool:
+        import shutil
+
+        src = self.files.get(key)
+        if src is None or not src.exists():
+            return False
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+        self.files[key] = self.files.pop(key)  # most recently used last
+        return True
+
+    def put(self, key: str, path: Path) -> None:
+        import atexit
+        import shutil
+        import tempfile
+
+        if path.stat().st_size > self.MAX_BYTES or path.with_name(path.name + ".data").exists():
+            return  # external data travels beside the file: not worth the bookkeeping
+        if self.dir is None:
+            self.dir = Path(tempfile.mkdtemp(prefix="edgekit-onnx-"))
+            atexit.register(shutil.rmtree, self.dir, True)
+        shutil.copyfile(path, self.dir / f"{key}.onnx")
+        self.files[key] = self.dir / f"{key}.onnx"
+        while len(self.files) > self.MAX_ENTRIES:
+            self.files.pop(next(iter(self.files))).unlink(missing_ok=True)
+
+
+_CACHE = _ExportCache()
+_SIMPLE = (bool, int, float, str, type(None))
+
+
+def _cache_key(module, input_size: tuple, opset, dynamic_batch: bool) -> str | None:
+    """What the exported graph depends on: every submodule's class, plain attributes (flags,
+    bit widths, strides) and tensors, the input size and the export options; None (do not
+    cache) where a hook or an attribute the key cannot see could change the forward pass."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha1(repr((input_size, opset, dynamic_batch)).encode())
+    for name, m in module.named_modules():
+        if m._forward_hooks or m._forward_pre_hooks:
+            return None
+        attrs = []
+        for k, v in sorted(vars(m).items()):
+            if k in ("_parameters", "_buffers", "_modules", "training") or k.startswith("_"):
+                continue
+            if not (isinstance(v, _SIMPLE) or (isinstance(v, (tuple, list)) and all(isinstance(e, _SIMPLE) for e in v))):
+                return None  # an attribute the key cannot read (a tensor, a function, an object)
+            attrs.append((k, v))
+        h.update(repr((name, type(m).__module__, type(m).__qualname__, attrs)).encode())
+        for k, t in list(m._parameters.items()) + list(m._buffers.items()):
+            if t is not None:
+                h.update(repr((k, t.dtype, tuple(t.shape))).encode())
+                try:
+                    h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+                except (RuntimeError, TypeError):  # e.g. a quantized tensor: no plain bytes to hash
+                    return None
+    return h.hexdigest()
 
 
 def opset_of(model) -> int:

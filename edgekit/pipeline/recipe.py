@@ -55,7 +55,9 @@ class PruneStage(_Strict):
     kd: bool = True
     importance: Literal["l1", "l2", "taylor"] = "l2"
     #: widths from per-layer latencies measured on the profile's first runtime, in its
-    #: preferred precision (`edgekit prune --latency-aware`), instead of the magnitude ranking
+    #: preferred precision (`edgekit prune --latency-aware`), instead of the magnitude ranking;
+    #: with drop_blocks, blocks chosen by added divergence per ms their removal saves (predicted
+    #: for a device that is not this host, timed here with measure_here)
     latency_aware: bool = False
 
     @model_validator(mode="after")
@@ -64,8 +66,9 @@ class PruneStage(_Strict):
             if "target_macs" in self.model_fields_set and self.target_macs is not None:
                 raise ValueError("give target_macs or target_latency_ms, not both")
             self.target_macs = None  # the default MAC goal gives way to the latency goal
-        elif self.measure_here:
-            raise ValueError("measure_here says where target_latency_ms is timed: give target_latency_ms too")
+        elif self.measure_here and not self.latency_aware:
+            raise ValueError("measure_here says where target_latency_ms (or latency_aware's block prices) is "
+                             "timed: give target_latency_ms or latency_aware too")
         if self.target_macs is None and self.drop_blocks is None and self.target_latency_ms is None:
             raise ValueError("a prune stage needs target_macs, target_latency_ms or drop_blocks")
         return self

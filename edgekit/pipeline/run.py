@@ -74,6 +74,12 @@ def _gentler(spec) -> list:
     return out
 
 
+def _below_floor(attempt, unreachable, floor_ms: float) -> bool:
+    """`attempt` differs from the `unreachable` one only by a latency target still under its floor."""
+    same = attempt.model_dump(exclude={"target_latency_ms"}) == unreachable.model_dump(exclude={"target_latency_ms"})
+    return same and attempt.target_latency_ms is not None and attempt.target_latency_ms < floor_ms
+
+
 def _config(recipe: Recipe, epochs: int, lr: float, **kw):
     from ..train import TrainConfig
     t = recipe.train
@@ -301,11 +307,21 @@ def compress(model: str | Path, *, profile: str, data: str | Path, out: str | Pa
     done = {(r["index"], r["attempt"]): r for r in state["stages"]}
     model_stages = [(i, s) for i, s in enumerate(rec.stages) if s.stage in MODEL_STAGES]
     for n, (i, spec) in enumerate(model_stages, 1):
-        accepted, prev = None, None
+        accepted, prev, floor = None, None, None
         for k, attempt in enumerate(_gentler(spec), 1):
             r = done.get((i, k))
             if r is None:
                 folder = out / "stages" / (f"{i + 1:02d}_{spec.stage}" + (f"_try{k}" if k > 1 else ""))
+                if floor and _below_floor(attempt, floor[0], floor[1]):
+                    # only the latency target is gentler, and still under what the same input
+                    # measured with the most pruning: not worth another export and timing
+                    r = {**_unchanged(src_info, base, i, spec.stage, folder), "attempt": k,
+                         "settings": attempt.model_dump(), "status": "unreachable", "seconds": 0.0,
+                         "note": f"--target-latency-ms {attempt.target_latency_ms} is not reachable either: attempt "
+                                 f"{floor[2]} measured {floor[1]:.3f} ms with the most pruning"}
+                    state["stages"].append(r)
+                    save()
+                    continue
                 log.info("stage %d/%d: %s (attempt %d)", n, len(model_stages), spec.stage, k)
                 t0 = time.time()
                 try:
@@ -334,6 +350,8 @@ def compress(model: str | Path, *, profile: str, data: str | Path, out: str | Pa
                          "seconds": round(time.time() - t0, 1)}
                     state["stages"].append(r)
                     save()
+                    if e.floor_ms is not None:
+                        floor = (attempt, e.floor_ms, k)
                     continue
                 info = {**_describe(path, eval_split), **_stage_latency(spec.stage, folder, path, src, prof)}
                 info["top1_torch"] = info["top1"]

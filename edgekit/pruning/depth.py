@@ -14,7 +14,10 @@ nn.Identity in its place keeps the model running: torchvision's ResNet blocks wi
 downsample, MobileNetV2's and EfficientNet's stride-1 inverted residuals, the CIFAR ResNets'
 identity-shortcut blocks. Which to drop is chosen greedily by measurement: at each step the
 candidate whose removal changes the model's output least (KL divergence from the unpruned
-model's predictions on a few batches of real images) goes. A shape-preserving block without a
+model's predictions on a few batches of real images) goes; given each block's latency (what
+removing it saves, measured or predicted by the caller), the one with the least added KL per
+millisecond saved goes instead (blocks at high resolution can cost twice as much time as the
+same MACs deeper in the network, benchmarks/results/pruning.md). A shape-preserving block without a
 skip connection (a squeeze-excitation gate between convolutions, a plain conv block) is a
 candidate too: the measurement ranks it by what its removal costs. A block inside a removable
 block is not a candidate of its own.
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +36,7 @@ from torch import nn
 from ..errors import InputError
 from ..models.stats import count_macs, count_params
 
-__all__ = ["DepthOutcome", "droppable_blocks", "drop_blocks"]
+__all__ = ["DepthOutcome", "block_groups", "droppable_blocks", "drop_blocks"]
 
 
 @dataclass
@@ -50,13 +53,30 @@ class DepthOutcome:
     kl: list[float] = field(default_factory=list)
     #: KL divergence when each candidate alone is removed (the first greedy step's scores)
     alone: dict[str, float] = field(default_factory=dict)
+    #: ms each candidate's removal saves, when the choice was latency-aware
+    latency_saved_ms: dict[str, float] | None = None
 
     def to_dict(self) -> dict:
         return {"dropped_blocks": self.dropped, "candidate_blocks": self.candidates,
                 "removal_order": self.removal_order, "kl_after_each_removal": [round(k, 4) for k in self.kl],
                 "kl_each_block_alone": {k: round(v, 4) for k, v in self.alone.items()}, "macs_before": self.macs_before,
                 "macs_after": self.macs_after, "mac_reduction": round(self.macs_before / max(self.macs_after, 1), 3),
-                "params_before": self.params_before, "params_after": self.params_after}
+                "params_before": self.params_before, "params_after": self.params_after,
+                **({"latency_saved_ms": {k: round(v, 4) for k, v in self.latency_saved_ms.items()}}
+                   if self.latency_saved_ms else {})}
+
+
+def _dry_run(model: nn.Module, input_size: Sequence[int], hooks: dict[nn.Module, Callable]) -> None:
+    """One eval-mode forward pass of a zero image with these forward hooks attached."""
+    handles = [m.register_forward_hook(fn) for m, fn in hooks.items()]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *input_size))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
 
 
 def droppable_blocks(model: nn.Module, input_size: Sequence[int], keep: Iterable[str] = ()) -> list[str]:
@@ -79,18 +99,30 @@ def droppable_blocks(model: nn.Module, input_size: Sequence[int], keep: Iterable
             order.append(name)
         return fn
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in candidates.items()]
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, *input_size))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    _dry_run(model, input_size, {m: hook(n) for n, m in candidates.items()})
     found = [n for n in dict.fromkeys(order) if shapes.get(n)]
     # outermost only: a block inside a removable block goes with it
     return [n for n in found if not any(n.startswith(o + ".") for o in found)]
+
+
+def block_groups(model: nn.Module, input_size: Sequence[int], names: Sequence[str]) -> list[list[str]]:
+    """`names` grouped by what sets a block's latency: its type, its input's shape and its
+    weights' shapes (the nine identical blocks of a CIFAR ResNet stage are one group), so a
+    caller can time one variant per group instead of one per block."""
+    shapes: dict[str, tuple] = {}
+
+    def hook(name):
+        def fn(mod, args, out):  # returns None: a hook's return value would replace the output
+            shapes.setdefault(name, tuple(args[0].shape))
+        return fn
+
+    _dry_run(model, input_size, {model.get_submodule(n): hook(n) for n in names})
+    groups: dict[tuple, list[str]] = {}
+    for n in names:
+        m = model.get_submodule(n)
+        key = (type(m).__name__, shapes.get(n), tuple(tuple(p.shape) for p in m.parameters()))
+        groups.setdefault(key, []).append(n)
+    return list(groups.values())
 
 
 def _kl(model: nn.Module, batches: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
@@ -104,9 +136,11 @@ def _kl(model: nn.Module, batches: list[torch.Tensor], reference: list[torch.Ten
 
 
 def drop_blocks(model: nn.Module, input_size: Sequence[int], n: int, batches: list[torch.Tensor], *,
-                keep: Iterable[str] = ()) -> DepthOutcome:
+                keep: Iterable[str] = (),
+                latency: Callable[[list[str]], dict[str, float]] | None = None) -> DepthOutcome:
     """A copy of `model` with `n` blocks replaced by nn.Identity, chosen greedily on `batches`
-    (normalized images) as the ones whose removal moves the outputs least.
+    (normalized images) as the ones whose removal moves the outputs least, or, with `latency`
+    (candidate names -> ms each one's removal saves), the least per millisecond saved.
 
     Raises:
         InputError: `n` < 1, or the model has fewer than `n` droppable blocks.
@@ -122,8 +156,11 @@ def drop_blocks(model: nn.Module, input_size: Sequence[int], n: int, batches: li
     macs, params = count_macs(model, input_size), count_params(model)
     with torch.no_grad():
         reference = [F.log_softmax(model(x), dim=1) for x in batches]
+    saved = None
+    if latency is not None:
+        saved = {k: max(float(v), 1e-6) for k, v in latency(names).items()}  # a block costs something
     originals = {name: model.get_submodule(name) for name in names}
-    dropped, kls, alone = [], [], {}
+    dropped, kls, alone, current = [], [], {}, 0.0
     for _ in range(n):
         scores = {}
         for name in names:
@@ -133,9 +170,13 @@ def drop_blocks(model: nn.Module, input_size: Sequence[int], n: int, batches: li
             scores[name] = _kl(model, batches, reference)
             model.set_submodule(name, originals[name])
         alone = alone or dict(scores)
-        best = min(scores, key=scores.__getitem__)
+        if saved is None:
+            best = min(scores, key=scores.__getitem__)
+        else:  # least added divergence per ms saved; among free removals, the one saving most
+            best = min(scores, key=lambda k: (max(scores[k] - current, 0.0) / saved[k], -saved[k]))
+        current = scores[best]
         model.set_submodule(best, nn.Identity())
         dropped.append(best)
         kls.append(scores[best])
     return DepthOutcome(model, sorted(dropped, key=names.index), len(names), macs, count_macs(model, input_size),
-                        params, count_params(model), dropped, kls, alone)
+                        params, count_params(model), dropped, kls, alone, saved)

@@ -212,16 +212,18 @@ def prune_to_macs(model: nn.Module, input_size: Sequence[int], target: float, *,
             tried[r] = prune_channels(model, input_size, r, **kw)
         return tried[r].macs_after / tried[r].macs_before
 
+    # walk the grid only up to the first point at or below the target (each point is a full
+    # Torch-Pruning pass; the points past it keep fewer MACs, further from the target)
     grid = [round(0.05 * i, 2) for i in range(1, 19)]
-    kept = [at(r) for r in grid]
-    for a, b, ka, kb in zip(grid, grid[1:], kept, kept[1:]):
-        if ka > target >= kb:  # refine inside the first bracket
-            for _ in range(4):
-                mid = (a + b) / 2
-                if at(mid) > target:
-                    a = mid
-                else:
-                    b = mid
+    for a, b in zip([0.0] + grid, grid):
+        if at(b) <= target:
+            if a > 0:  # refine inside the first bracket
+                for _ in range(4):
+                    mid = (a + b) / 2
+                    if at(mid) > target:
+                        a = mid
+                    else:
+                        b = mid
             break
     ok = [o for o in tried.values() if o.macs_after / o.macs_before <= target + tolerance]
     if not ok:

@@ -18,7 +18,7 @@ import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -51,7 +51,13 @@ class TargetAlreadyMet(InputError):
 class TargetUnreachable(InputError):
     """Even the most channel pruning tried does not reach the latency target (a user's target
     is refused with this message; a compress run records the stage as unreachable, tries its
-    gentler targets and otherwise goes on with the stage's input model)."""
+    gentler targets and otherwise goes on with the stage's input model). `floor_ms`: the
+    latency with the most channels pruned, so a caller can tell which gentler targets are out
+    of reach too without measuring again."""
+
+    def __init__(self, message: str, floor_ms: float | None = None):
+        super().__init__(message)
+        self.floor_ms = floor_ms
 
 
 def _widths(module: nn.Module) -> dict[str, tuple[int, ...]]:
@@ -101,7 +107,8 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
     `skip_if_same_as` (one-step channel pruning): raise SameWidths, before any recovery, if the
     pruned model has the widths of that model file. A `target_latency_ms` with a profile that is
     not this host is met on the profile's latency model, unless `measure_here` (running on the
-    device itself, or this host standing in for it): then it is timed here like the host's."""
+    device itself, or this host standing in for it): then it is timed here like the host's.
+    The same holds for what `latency_aware` block removal saves per block."""
     from ..inputs import parse_backends, parse_threads
     from ..models import load_model, save_model
     from ..models.stats import count_macs, count_params
@@ -125,14 +132,16 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
     for name, v in (("ratio", ratio), ("target-macs", target_macs), ("sparsity", sparsity)):
         if v is not None and not 0.0 < v < 1.0:
             raise InputError(f"--{name} must be between 0 and 1 (exclusive), got {v}")
-    if latency_aware and not {"ratio", "target_macs", "target_latency_ms"} & goals.keys():
-        raise InputError("--latency-aware allocates channel pruning: give --ratio, --target-macs or --target-latency-ms")
+    if latency_aware and not ({"ratio", "target_macs", "target_latency_ms"} & goals.keys() or drop_blocks):
+        raise InputError("--latency-aware weighs channel or block pruning by measured latency: give --ratio, "
+                         "--target-macs, --target-latency-ms or --drop-blocks")
     if latency_precision not in (None, "fp32", "int8"):
         raise InputError(f"--latency-precision must be fp32 or int8, got {latency_precision!r}")
     if target_latency_ms is not None and target_latency_ms <= 0:
         raise InputError("--target-latency-ms must be > 0")
-    if measure_here and target_latency_ms is None:
-        raise InputError("--measure-here says where --target-latency-ms is timed: give --target-latency-ms too")
+    if measure_here and target_latency_ms is None and not latency_aware:
+        raise InputError("--measure-here says where --target-latency-ms (or --latency-aware's block prices) is "
+                         "timed: give --target-latency-ms or --latency-aware too")
     prof = None
     if profile:
         from ..profiles import get_profile
@@ -199,10 +208,15 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
             depth = {}
             if drop_blocks and (k := round(drop_blocks * frac) - round(drop_blocks * (i - 1) / steps)):
                 from ..pruning.depth import drop_blocks as remove
-                d = remove(current, size, k, [x for x, _ in grad_batches()], keep=keep)
+                cost = (_block_latency(current, size, card, backends[0], threads[0], deploy_precision, calibration,
+                                       prof if predicted else None) if latency_aware else None)
+                d = remove(current, size, k, [x for x, _ in grad_batches()], keep=keep, latency=cost)
                 current, depth = d.model, {"depth": d.to_dict()}
+                if latency_aware:
+                    depth["depth"]["latency_from"] = (f"{prof.name} (predicted)" if predicted else
+                                                      f"{backends[0]} {deploy_precision.upper()}, {threads[0]} thread(s), here")
             alloc = {}
-            if latency_aware:  # widths change every step: measure the current model's layers again
+            if latency_aware and method != "blocks":  # widths change every step: measure the current model's layers again
                 alloc["allocation"] = _allocate(current, size, multiple, importance, keep, backends[0], threads[0],
                                                 deploy_precision, grad_batches)
             if method == "sparsity":
@@ -230,7 +244,7 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
                                                     importance=importance, global_pruning=global_pruning,
                                                     channel_multiple=multiple, keep=keep, grad_batches=grad_batches,
                                                     already_pruned=bool(depth), **alloc)
-            if latency_aware:
+            if alloc:
                 a = alloc["allocation"]
                 info["allocation"] = (f"latency-aware: lone-convolution table measured on {a.backend} {a.precision.upper()}, "
                                       f"{a.threads} thread(s), "
@@ -265,7 +279,9 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
                        notes={**card.notes, "pruned": {k: v for k, v in goals.items()}})
     model_path = save_model(current, pcard, out / "model.pt")
     summary = {"goal": goals, "importance": importance, "global": global_pruning, "channel_multiple": multiple,
-               "allocation": "none (whole blocks removed, no channels pruned)" if method == "blocks"
+               "allocation": ("none (whole blocks removed, no channels pruned"
+                              + ("; blocks chosen by added divergence per ms saved)" if latency_aware else ")"))
+               if method == "blocks"
                else "latency-aware (measured per-layer table)" if latency_aware
                else ("global" if global_pruning else "per-layer") + " magnitude ranking",
                "macs_before": count_macs(original, size), "macs_after": count_macs(current, size),
@@ -369,6 +385,45 @@ def measure_latency(variants: dict[str, nn.Module], card, work: Path, backends: 
     return rows
 
 
+def _latency_of(variants: dict[str, nn.Module], card, work: Path, backend: str, threads: int, precision: str,
+                calibration, profile=None) -> dict[str, float]:
+    """Batch-1 ms of each variant: predicted by `profile`'s latency model when given (a device
+    that is not this host), else timed here on `backend` (the variants interleaved)."""
+    from ..bench import TimingConfig
+
+    if profile is not None:
+        from ..exporters.onnx import export_onnx
+        from ..latency import predict
+        return {n: predict(export_onnx(m.eval(), card, work / f"{n}.onnx"), profile, batch=1).latency_ms
+                for n, m in variants.items()}
+    timing = TimingConfig(warmup=5, iters=60, passes=3, throughput_iters=1)
+    rows = measure_latency(variants, card, work / "_".join(variants)[:60], [backend], [threads], timing,
+                           precisions=[precision], calibration=calibration)
+    return {r["variant"]: r["latency_ms_p50"] for r in rows}
+
+
+def _block_latency(model: nn.Module, size, card, backend: str, threads: int, precision: str, calibration,
+                   profile=None) -> Callable[[list[str]], dict[str, float]]:
+    """For pruning.depth.drop_blocks: ms each candidate block's removal saves, from one variant
+    per group of identical blocks (all of the group removed, against the full model)."""
+    import tempfile
+
+    from ..pruning.depth import block_groups
+
+    def saved(names: list[str]) -> dict[str, float]:
+        groups = block_groups(model, size, names)
+        variants = {"full": model}
+        for k, g in enumerate(groups):
+            v = copy.deepcopy(model)
+            for n in g:
+                v.set_submodule(n, nn.Identity())
+            variants[f"g{k}"] = v
+        with tempfile.TemporaryDirectory() as tmp:
+            ms = _latency_of(variants, card, Path(tmp), backend, threads, precision, calibration, profile)
+        return {n: (ms["full"] - ms[f"g{k}"]) / len(g) for k, g in enumerate(groups) for n in g}
+    return saved
+
+
 def _prune_to_latency(model, card, size, target_ms, backend, threads, profile=None, precision="fp32",
                       calibration=None, already_pruned=False, **kw):
     """Bisect the channel ratio until the batch-1 latency meets the target: measured on `backend`
@@ -378,24 +433,16 @@ def _prune_to_latency(model, card, size, target_ms, backend, threads, profile=No
     unless it is `already_pruned` (blocks removed this step): then no channels go."""
     import tempfile
 
-    from ..bench import TimingConfig
     from ..pruning import prune_channels
     from ..pruning.structured import risky_layers
 
-    timing = TimingConfig(warmup=5, iters=60, passes=3, throughput_iters=1)
     kw["risky"] = risky_layers(model, size)
     if profile is not None:
         threads = profile.threads[0]
     where = f"{profile.name} (predicted)" if profile is not None else f"{backend} {precision.upper()}"
     with tempfile.TemporaryDirectory() as tmp:
         def latency(m, name):
-            if profile is not None:
-                from ..exporters.onnx import export_onnx
-                from ..latency import predict
-                path = export_onnx(m.eval(), card, Path(tmp) / f"{name}.onnx")
-                return predict(path, profile, batch=1).latency_ms
-            return measure_latency({name: m}, card, Path(tmp) / name, [backend], [threads], timing,
-                                   precisions=[precision], calibration=calibration)[0]["latency_ms_p50"]
+            return _latency_of({name: m}, card, Path(tmp), backend, threads, precision, calibration, profile)[name]
 
         base = latency(model, "base")
         kind = "predicted_ms" if profile is not None else "measured_ms"
@@ -411,7 +458,7 @@ def _prune_to_latency(model, card, size, target_ms, backend, threads, profile=No
             raise TargetUnreachable(
                 f"--target-latency-ms {target_ms} is not reachable on {where} at {threads} thread(s): "
                 f"unpruned {base:.3f} ms, with 85% of the prunable channels removed still {floor:.3f} ms "
-                "(per-layer overhead dominates at small widths); ask for more, or add --drop-blocks N")
+                "(per-layer overhead dominates at small widths); ask for more, or add --drop-blocks N", floor_ms=floor)
         lo, hi, best = 0.0, 0.85, (most, floor)
         for k in range(6):
             mid = (lo + hi) / 2
@@ -439,9 +486,17 @@ def _report(r: PruneResult) -> str:
              f"({s['macs_before'] / max(s['macs_after'], 1):.2f}x fewer); params {s['params_before']:,} -> "
              f"{s['params_after']:,}; channel multiple {s['channel_multiple']}; widths: {s['allocation']}."]
     lines += [f"Step {x['step']}: {x['allocation']}." for x in r.steps if x.get("allocation")]
-    lines += [f"Step {x['step']}: removed {len(x['depth']['dropped_blocks'])} of {x['depth']['candidate_blocks']} "
-              f"removable blocks ({', '.join(x['depth']['dropped_blocks'])}), chosen one at a time as the block whose "
-              "removal changes the outputs least." for x in r.steps if x.get("depth")]
+    for x in r.steps:
+        if (d := x.get("depth")):
+            how = "changes the outputs least"
+            if d.get("latency_saved_ms"):
+                prices = {}
+                for name, ms in d["latency_saved_ms"].items():
+                    prices.setdefault(ms, []).append(name)
+                how = (f"adds least divergence per ms it saves (ms saved per block, {d['latency_from']}: "
+                       + "; ".join(f"{', '.join(ns)}: {ms:.4f}" for ms, ns in prices.items()) + ")")
+            lines.append(f"Step {x['step']}: removed {len(d['dropped_blocks'])} of {d['candidate_blocks']} removable "
+                         f"blocks ({', '.join(d['dropped_blocks'])}), chosen one at a time as the block whose removal {how}.")
     if (t := s.get("target_latency")):
         lines += ["", f"Latency target {t['target_ms']} ms on {t['on']}: **{'met' if t['met'] else 'NOT met'}** in the "
                   f"final measurement below ({t['final_ms']:.3f} ms; the search measured {t['search_ms'] or float('nan'):.3f} ms). "
