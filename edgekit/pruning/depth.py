@@ -16,8 +16,8 @@ identity-shortcut blocks. Which to drop is chosen greedily by measurement: at ea
 candidate whose removal changes the model's output least (KL divergence from the unpruned
 model's predictions on a few batches of real images) goes; given each block's latency (what
 removing it saves, measured or predicted by the caller), the one with the least added KL per
-millisecond saved goes instead (blocks at high resolution can cost twice as much time as the
-same MACs deeper in the network, benchmarks/results/pruning.md). A shape-preserving block without a
+millisecond saved goes instead (on a CPU runtime a block at high resolution can take longer
+than one with the same MACs deeper in the network). A shape-preserving block without a
 skip connection (a squeeze-excitation gate between convolutions, a plain conv block) is a
 candidate too: the measurement ranks it by what its removal costs. A block inside a removable
 block is not a candidate of its own.
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from ..models.stats import count_macs, count_params
+from ..models.stats import count_macs, count_params, hooked_forward
 
 __all__ = ["DepthOutcome", "block_groups", "droppable_blocks", "drop_blocks"]
 
@@ -66,19 +66,6 @@ class DepthOutcome:
                    if self.latency_saved_ms else {})}
 
 
-def _dry_run(model: nn.Module, input_size: Sequence[int], hooks: dict[nn.Module, Callable]) -> None:
-    """One eval-mode forward pass of a zero image with these forward hooks attached."""
-    handles = [m.register_forward_hook(fn) for m, fn in hooks.items()]
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, *input_size))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-
-
 def droppable_blocks(model: nn.Module, input_size: Sequence[int], keep: Iterable[str] = ()) -> list[str]:
     """Names of the blocks an nn.Identity can replace (see the module docstring), in forward order."""
     keep = tuple(keep)
@@ -99,7 +86,7 @@ def droppable_blocks(model: nn.Module, input_size: Sequence[int], keep: Iterable
             order.append(name)
         return fn
 
-    _dry_run(model, input_size, {m: hook(n) for n, m in candidates.items()})
+    hooked_forward(model, torch.zeros(1, *input_size), {m: hook(n) for n, m in candidates.items()})
     found = [n for n in dict.fromkeys(order) if shapes.get(n)]
     # outermost only: a block inside a removable block goes with it
     return [n for n in found if not any(n.startswith(o + ".") for o in found)]
@@ -116,7 +103,7 @@ def block_groups(model: nn.Module, input_size: Sequence[int], names: Sequence[st
             shapes.setdefault(name, tuple(args[0].shape))
         return fn
 
-    _dry_run(model, input_size, {model.get_submodule(n): hook(n) for n in names})
+    hooked_forward(model, torch.zeros(1, *input_size), {model.get_submodule(n): hook(n) for n in names})
     groups: dict[tuple, list[str]] = {}
     for n in names:
         m = model.get_submodule(n)

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models.stats import hooked_forward
+
 __all__ = ["LatencyAllocation", "allocate"]
 
 #: a lone convolution as the lookup table keys it: cin, cout, kernel, stride, padding, dilation, groups, H, W
@@ -61,13 +63,8 @@ def _input_sizes(model: nn.Module, input_size: Sequence[int]) -> dict[nn.Module,
     def record(mod, args) -> None:  # a pre-hook that returns something replaces the inputs
         sizes.setdefault(mod, tuple(args[0].shape[-2:]))
 
-    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, *input_size))
-    finally:
-        for h in hooks:
-            h.remove()
+    hooked_forward(model, torch.zeros(1, *input_size), {m: record for m in model.modules() if isinstance(m, nn.Conv2d)},
+                   pre=True)
     return sizes
 
 

@@ -20,22 +20,12 @@ __all__ = ["DistillObjective", "distill", "pick_feature_pair"]
 def _feature_maps(model: nn.Module, x: torch.Tensor, max_depth: int = 2) -> list[tuple[str, tuple]]:
     """(name, output shape) of every module up to `max_depth` that returns a 4-D map, in the
     order their forward passes finish."""
+    from ..models.stats import hooked_forward
+
     seen: list[tuple[str, tuple]] = []
-    hooks = []
-    for name, m in model.named_modules():
-        if name and name.count(".") < max_depth:
-            hooks.append(m.register_forward_hook(
-                lambda _m, _i, out, n=name: seen.append((n, tuple(out.shape)))
-                if isinstance(out, torch.Tensor) and out.ndim == 4 else None))
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
+    hooked_forward(model, x, {m: (lambda _m, _i, out, n=name: seen.append((n, tuple(out.shape)))
+                                  if isinstance(out, torch.Tensor) and out.ndim == 4 else None)
+                              for name, m in model.named_modules() if name and name.count(".") < max_depth})
     return seen
 
 
