@@ -23,8 +23,9 @@ tries first, on the same runtimes and threads.
 - Baselines: the fine-tuned ResNet-56 at INT8 (QAT, its own best INT8 artifact), and ResNet-20 /
   ResNet-32 from the shared weights fine-tuned for `--baseline-epochs` (default: the teacher's
   epochs plus the depth runs' recovery epochs, the same training budget), then INT8 QAT.
-- When the x86 run's accuracy budget rolls the distilled student back, the student still gets
-  its INT8 QAT artifact and a headline row: the trade-off the budget refused, measured.
+- When the x86 run's accuracy budget rolls the distilled student back, or an x86-depth run's
+  budget rolls back the blocks it asked to remove, that model still gets its INT8 QAT artifact
+  and a headline row: the trade-off the budget refused, measured.
 - Headline: every INT8 artifact scored on all 10,000 test images through its runtime and timed
   in one interleaved run (ONNX Runtime and OpenVINO, 1 and 2 threads, batch 1).
 
@@ -158,8 +159,8 @@ def run_profile(profile: str, model: Path, args, full: bool, depth: int = 0):
     # enough for a later session to take the finished run as done (pipeline.json + report.json),
     # start the other profiles from its float model (_float_model), and put its deploy artifacts
     # and a rolled-back student in the headline
-    stage_models = [s["model"] for s in res.report["stages"]  # a rolled-back student still gets a headline row
-                    if s["stage"] == "distill" or (s["stage"] == "prune" and s["status"] == "ok")]
+    stage_models = [s["model"] for s in res.report["stages"]  # a rolled-back model still gets a headline row
+                    if s["stage"] == "distill" or (s["stage"] == "prune" and s["status"] in ("ok", "rolled back"))]
     keep(*(res.out / f for f in ("pipeline.json", "report.json", "report.md", "pareto.png")),
          Path(res.report["final_model"]), _float_model(res), *map(Path, stage_models),
          *int8_files(res.out / "deploy"))
@@ -229,6 +230,12 @@ def _depth_label(res, asked: int) -> str:
         return f"compressed (x86, asked {asked} blocks removed: rolled back, no blocks removed)"
     n = ok[-1]["settings"]["drop_blocks"]
     return f"compressed (x86, {n} blocks removed" + (f"; {asked} missed the budget)" if n != asked else ")")
+
+
+def _rolled_back_depth(res) -> tuple[int, Path] | None:
+    """The x86-depth run's first attempt (the blocks asked for) when the budget rolled it back."""
+    first = next((s for s in res.report["stages"] if s["stage"] == "prune"), None)
+    return (first["settings"]["drop_blocks"], Path(first["model"])) if first and first["status"] == "rolled back" else None
 
 
 def _rolled_back_student(res) -> Path | None:
@@ -367,6 +374,9 @@ def main() -> None:
     for d in args.depth_blocks:
         models[_depth_label(runs[f"x86-depth{d}"], d)] = (Path(runs[f"x86-depth{d}"].report["final_model"]),
                                                           WORKC / f"run_x86-depth{d}" / "deploy")
+    for d in args.depth_blocks:  # the trade-off the budget refused, measured like the rest
+        if (miss := _rolled_back_depth(runs[f"x86-depth{d}"])) is not None and miss[1].exists():
+            models[f"ResNet-56, {miss[0]} blocks removed (rolled back)"] = (miss[1], int8_qat(miss[1], f"depth{d}_asked", args))
     if (student := _rolled_back_student(runs["x86"])) is not None:
         models["distilled student (rolled back)"] = (student, int8_qat(student, "student", args))
     rows = headline(models, args)
