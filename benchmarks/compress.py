@@ -160,7 +160,7 @@ def run_profile(profile: str, model: Path, args, full: bool, depth: int = 0):
     # start the other profiles from its float model (_float_model), and put its deploy artifacts
     # and a rolled-back student in the headline
     stage_models = [s["model"] for s in res.report["stages"]  # a rolled-back model still gets a headline row
-                    if s["stage"] == "distill" or (s["stage"] == "prune" and s["status"] in ("ok", "rolled back"))]
+                    if s["stage"] == "distill" or (s["stage"] == "prune" and s["status"] not in ("unreachable", "skipped"))]
     keep(*(res.out / f for f in ("pipeline.json", "report.json", "report.md", "pareto.png")),
          Path(res.report["final_model"]), _float_model(res), *map(Path, stage_models),
          *int8_files(res.out / "deploy"))
@@ -233,9 +233,11 @@ def _depth_label(res, asked: int) -> str:
 
 
 def _rolled_back_depth(res) -> tuple[int, Path] | None:
-    """The x86-depth run's first attempt (the blocks asked for) when the budget rolled it back."""
+    """The x86-depth run's first attempt (the blocks asked for) when it missed the budget (a
+    gentler attempt replaced it, or none did and the stage was rolled back)."""
     first = next((s for s in res.report["stages"] if s["stage"] == "prune"), None)
-    return (first["settings"]["drop_blocks"], Path(first["model"])) if first and first["status"] == "rolled back" else None
+    missed = first and first["status"] in ("over budget", "rolled back")
+    return (first["settings"]["drop_blocks"], Path(first["model"])) if missed else None
 
 
 def _rolled_back_student(res) -> Path | None:
