@@ -33,10 +33,9 @@ Targets: the compressed model >= 3x faster than ResNet-56's best INT8 artifact a
 of the fine-tuned ResNet-56; at least as accurate and as fast as ResNet-20 and ResNet-32 at INT8.
 
 Resumable: every phase is a folder under benchmarks/work/compress/ (compress runs resume; one
-started with another recipe is refused, move it aside). The whole run takes about ten hours of
-2 cores, so `--only PHASES` runs some phases (and what they need) and stops; each finished phase
-is copied into benchmarks/kept/ (committed: float weights, INT8 artifacts and run records, no
-optimizer state) and copied back on the next start, so a fresh checkout goes on from there.
+started with another recipe is refused, move it aside). The whole run takes hours of 2 cores;
+`--only PHASES` runs some phases (and what they need) and stops before the headline, which a
+later run without it adds from the finished phases' folders.
 Writes benchmarks/results/compress.{json,md} and compress_<profile>/{report.md,report.json,pareto.png}.
 
     python benchmarks/compress.py [--width 1.0] [--student-weights FILE] [--target-latency-ms X] [--quick]
@@ -52,12 +51,9 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 
-import _common
-from _common import (CIFAR, RESULTS, WORK, finished_training, keep, keep_training, require_shared, restore_kept,
-                     weights)
+from _common import CIFAR, RESULTS, WORK, require_shared, weights
 
 import edgekit
 from edgekit._io import atomic_write_json, atomic_write_text
@@ -79,22 +75,20 @@ RUNTIMES = ("onnxruntime", "openvino")
 
 
 def teacher(args) -> Path:
-    cfg = TrainConfig(epochs=args.teacher_epochs, batch_size=128, lr=0.01, seed=0, train_limit=args.train_limit)
-    if (best := finished_training(TEACHER, cfg)) is None:
-        best = finetune(weights(56), arch="cifar_resnet56", data=CIFAR, out=TEACHER, resume=True, config=cfg).best_path
-    keep_training(TEACHER)
-    return best
+    res = finetune(weights(56), arch="cifar_resnet56", data=CIFAR, out=TEACHER, resume=True,
+                   config=TrainConfig(epochs=args.teacher_epochs, batch_size=128, lr=0.01, seed=0,
+                                      train_limit=args.train_limit))
+    return res.best_path
 
 
 def small_baseline(depth: int, args) -> Path:
     """ResNet-20/32 fine-tuned for the depth candidates' training budget (the teacher's epochs
     plus their recovery epochs): "just pick a smaller model", trained as long."""
-    out = WORKC / f"resnet{depth}_ft_e{args.baseline_epochs}"
-    cfg = TrainConfig(epochs=args.baseline_epochs, batch_size=128, lr=0.01, seed=0, train_limit=args.train_limit)
-    if (best := finished_training(out, cfg)) is None:
-        best = finetune(weights(depth), arch=f"cifar_resnet{depth}", data=CIFAR, out=out, resume=True, config=cfg).best_path
-    keep_training(out)
-    return best
+    res = finetune(weights(depth), arch=f"cifar_resnet{depth}", data=CIFAR,
+                   out=WORKC / f"resnet{depth}_ft_e{args.baseline_epochs}", resume=True,
+                   config=TrainConfig(epochs=args.baseline_epochs, batch_size=128, lr=0.01, seed=0,
+                                      train_limit=args.train_limit))
+    return res.best_path
 
 
 def int8_qat(model: Path, name: str, args) -> Path:
@@ -105,14 +99,7 @@ def int8_qat(model: Path, name: str, args) -> Path:
                  config=TrainConfig(epochs=args.qat_epochs, batch_size=128, lr=0.001, weight_decay=0.0,
                                     grad_clip=QAT_GRAD_CLIP, seed=0, train_limit=args.train_limit),
                  backends=RUNTIMES, threads=(1,), timing=TimingConfig(warmup=2, iters=10, passes=1, throughput_iters=1))
-    keep(folder / "quantize.json", *int8_files(folder))
     return folder
-
-
-def int8_files(folder: Path) -> list[Path]:
-    """What the headline reads from a QAT folder or a run's deploy/: the INT8 ONNX and OpenVINO
-    files with their model cards (not the fake-quant .pt2)."""
-    return [f for f in folder.glob("model_int8*") if ".pt2" not in f.name]
 
 
 def recipe(args, full: bool, depth: int = 0) -> Recipe:
@@ -156,14 +143,6 @@ def run_profile(profile: str, model: Path, args, full: bool, depth: int = 0):
     for f in ("report.md", "report.json", "pareto.png"):
         if (res.out / f).exists():
             shutil.copyfile(res.out / f, dest / f)
-    # enough for a later session to take the finished run as done (pipeline.json + report.json),
-    # start the other profiles from its float model (_float_model), and put its deploy artifacts
-    # and a rolled-back student in the headline
-    stage_models = [s["model"] for s in res.report["stages"]  # a rolled-back model still gets a headline row
-                    if s["stage"] == "distill" or (s["stage"] == "prune" and s["status"] not in ("unreachable", "skipped"))]
-    keep(*(res.out / f for f in ("pipeline.json", "report.json", "report.md", "pareto.png")),
-         Path(res.report["final_model"]), _float_model(res), *map(Path, stage_models),
-         *int8_files(res.out / "deploy"))
     return res
 
 
@@ -308,8 +287,8 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=6)
     ap.add_argument("--only", default="",
                     help="run just these phases (comma-separated: resnet56, x86, depth<N>, jetson, raspberry-pi-5, "
-                         "resnet20, resnet32) and what they need, without the headline: to spread the hours-long "
-                         "run over several sittings (finished phases are kept in benchmarks/kept/)")
+                         "resnet20, resnet32) and what they need, without the headline: to run the hours-long "
+                         "benchmark in parts (finished phases stay in benchmarks/work/compress/)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2,000 training images, 1 epoch each, 500 "
                     "test images, results under benchmarks/work/compress_quick/ (not committed)")
     args = ap.parse_args()
@@ -324,7 +303,6 @@ def main() -> None:
         args.teacher_epochs = args.recovery_epochs = args.distill_epochs = args.qat_epochs = args.depth_recovery = 1
         args.depth_blocks = args.depth_blocks[:1]
         WORKC = WORK / "compress_quick"
-        _common.KEPT = WORKC / "kept"  # the mechanism runs, but nothing lands in benchmarks/kept/
         TEACHER = WORKC / "teacher"
         RESULTS = WORKC / "results"
     args.baseline_epochs = args.baseline_epochs or args.teacher_epochs + args.depth_recovery
@@ -334,13 +312,11 @@ def main() -> None:
     only = [p.strip() for p in args.only.split(",") if p.strip()]
     known = ["resnet56", "x86", *(f"depth{d}" for d in args.depth_blocks), *others, "resnet20", "resnet32"]
     if unknown := [p for p in only if p not in known]:
-        sys.exit(f"--only: unknown phase(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+        ap.error(f"--only: unknown phase(s) {', '.join(unknown)}; choose from {', '.join(known)}")
 
     def want(*phases: str) -> bool:
         return not only or any(p in only for p in phases)
 
-    if n := restore_kept():
-        print(f"restored {n} kept file(s) from benchmarks/kept/ into benchmarks/work/")
     t = teacher(args)
     teacher_top1 = json.loads((t.parent / "summary.json").read_text()).get("best_top1") \
         if (t.parent / "summary.json").exists() else None
@@ -353,7 +329,6 @@ def main() -> None:
             if not saved.exists():
                 atomic_write_json(saved, {"target_ms": latency_target(t, models["ResNet-56 INT8"][1], args),
                                           "how": "ResNet-56 INT8, ONNX Runtime, 1 thread, batch 1, p50 / 3.3"})
-            keep(saved)
             args.target_latency_ms = json.loads(saved.read_text())["target_ms"]
             print(f"student latency target: {args.target_latency_ms} ms (ResNet-56 INT8 / 3.3)")
         runs["x86"] = run_profile("x86", t, args, full=True)
@@ -368,8 +343,7 @@ def main() -> None:
             ft = small_baseline(d, args)
             models[f"ResNet-{d} INT8"] = (ft, int8_qat(ft, ft.parent.name, args))  # named for its float model
     if only:
-        print(f"finished: {', '.join(only)} (kept under benchmarks/kept/); the headline needs every phase: "
-              "run without --only")
+        print(f"finished: {', '.join(only)}; the headline needs every phase: run without --only")
         return
     final = Path(runs["x86"].report["final_model"])
     models["compressed (x86)"] = (final, WORKC / "run_x86" / "deploy")
