@@ -15,9 +15,14 @@ tries first, on the same runtimes and threads.
   saved, timed on ONNX Runtime INT8 here, one variant per stage: the stages' blocks have equal
   MACs, not equal latency; the prices are in the run's prune.json), with KD recovery, then the same INT8 QAT; no student. 14 sits near ResNet-32's latency, 18 near
   ResNet-20's.
+- x86-kd<N> (`--kd-into`, default none; e.g. 20): the fine-tuned ResNet-56 distilled into ResNet-N,
+  which starts from the shared ResNet-N weights and trains for the baselines' budget
+  (`--baseline-epochs`, lr 0.01), then the same INT8 QAT: "just pick a smaller model", but
+  trained with the teacher. It is compared with the same ResNet-N fine-tuned on labels alone.
 - jetson, raspberry-pi-5: the model stages are the same and take hours on 2 cores, so these runs
   start from the fastest float model an x86 route accepted within the accuracy budget (its INT8
-  latency measured here: the pruned or distilled student, or a depth run's pruned ResNet-56; the
+  latency measured here: the pruned or distilled student, a depth run's pruned ResNet-56, or a
+  kd run's ResNet-N; the
   fine-tuned ResNet-56 when every route was rolled back) and add the profile's own part: INT8
   QAT, export for its runtime (Jetson: TensorRT bundles, ONNX Runtime stand-in, predicted
   latency; Pi: ONNX Runtime) and the report.
@@ -103,9 +108,15 @@ def int8_qat(model: Path, name: str, args) -> Path:
     return folder
 
 
-def recipe(args, full: bool, depth: int = 0) -> Recipe:
+def recipe(args, full: bool, depth: int = 0, kd_into: int = 0) -> Recipe:
     stages = [{"stage": "quantize", "mode": "qat", "bits": 8, "epochs": args.qat_epochs, "kd": True},
               {"stage": "benchmark"}]
+    if kd_into:  # the smaller model, trained with the teacher for the same budget as its baseline
+        return Recipe.model_validate({
+            "name": f"benchmark: distill into ResNet-{kd_into} (from the shared weights) + INT8 QAT",
+            "train": {"batch_size": 128, "train_limit": args.train_limit},
+            "stages": [{"stage": "distill", "student": f"cifar_resnet{kd_into}", "student_weights": str(weights(kd_into)),
+                        "epochs": args.baseline_epochs, "lr": 0.01}] + stages})
     if depth:  # the alternative x86 recipe: fewer layers of the teacher itself, no student
         return Recipe.model_validate({
             "name": f"benchmark: remove {depth} residual blocks, latency-aware (KD recovery) + INT8 QAT",
@@ -135,10 +146,10 @@ def latency_target(teacher_ckpt: Path, r56_int8: Path, args) -> float:
     return round(t.latency_ms_p50 / 3.3, 3)
 
 
-def run_profile(profile: str, model: Path, args, full: bool, depth: int = 0):
-    name = f"{profile}-depth{depth}" if depth else profile
+def run_profile(profile: str, model: Path, args, full: bool, depth: int = 0, kd_into: int = 0):
+    name = f"{profile}-depth{depth}" if depth else f"{profile}-kd{kd_into}" if kd_into else profile
     res = edgekit.compress(model, profile=profile, data=CIFAR, out=WORKC / f"run_{name}",
-                           recipe=recipe(args, full, depth), limit=args.limit or None, resume=True)
+                           recipe=recipe(args, full, depth, kd_into), limit=args.limit or None, resume=True)
     dest = RESULTS / f"compress_{name}"
     dest.mkdir(parents=True, exist_ok=True)
     for f in ("report.md", "report.json", "pareto.png"):
@@ -231,6 +242,12 @@ def _rolled_back_depth(res) -> tuple[int, Path] | None:
     return (first["settings"]["drop_blocks"], Path(first["model"])) if missed else None
 
 
+def _kd_label(res, n: int) -> str:
+    ok = any(s["stage"] == "distill" and s["status"] == "ok" for s in res.report["stages"])
+    return f"compressed (x86, distilled into ResNet-{n})" if ok else \
+        f"compressed (x86, KD into ResNet-{n}: nothing within budget, ResNet-56)"
+
+
 def _rolled_back_student(res) -> Path | None:
     rows = [s for s in res.report["stages"] if s["stage"] == "distill"]
     return Path(rows[-1]["model"]) if rows and rows[-1]["status"] != "ok" else None
@@ -265,6 +282,8 @@ def markdown(rows, chk, runs, teacher_top1, env, args) -> str:
            + (f"; x86-depth<N>: N = {', '.join(map(str, args.depth_blocks))} of ResNet-56's 27 blocks removed "
               f"(latency-aware), {args.depth_recovery} KD recovery epoch(s), then the same QAT"
               if args.depth_blocks else "")
+           + (f"; x86-kd<N>: ResNet-56 distilled into ResNet-N (N = {', '.join(map(str, args.kd_into))}) from the "
+              f"shared weights, {args.baseline_epochs} epochs at lr 0.01, then the same QAT" if args.kd_into else "")
            + f". Latency: batch 1; at 1 thread passes interleaved within each runtime, at 2 threads one block per "
            f"model (edgekit/bench.py); {args.iters} calls per row per thread count"
            + (f"; QUICK smoke run (train_limit {args.train_limit})" if args.train_limit else "") + ".",
@@ -294,6 +313,9 @@ def main() -> None:
                     help="also x86 runs that remove this many of ResNet-56's 27 residual blocks each "
                          "(latency-aware, KD recovery) before INT8 QAT, no student: the alternative recipe (0 = none)")
     ap.add_argument("--depth-recovery", type=int, default=8, help="recovery epochs of those runs")
+    ap.add_argument("--kd-into", default="0",
+                    help="also x86 runs that distil the fine-tuned ResNet-56 into ResNet-N (comma-separated N of "
+                         "20, 32, 44) from the shared weights for --baseline-epochs, then INT8 QAT (0 = none)")
     ap.add_argument("--baseline-epochs", type=int, default=None,
                     help="fine-tuning epochs of ResNet-20/32 (default: --teacher-epochs + --depth-recovery)")
     ap.add_argument("--profiles", default="x86,jetson,raspberry-pi-5")
@@ -301,7 +323,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=300)
     ap.add_argument("--passes", type=int, default=6)
     ap.add_argument("--only", default="",
-                    help="run just these phases (comma-separated: resnet56, x86, depth<N>, jetson, raspberry-pi-5, "
+                    help="run just these phases (comma-separated: resnet56, x86, depth<N>, kd<N>, jetson, raspberry-pi-5, "
                          "resnet20, resnet32) and what they need, without the headline: to run the hours-long "
                          "benchmark in parts (finished phases stay in benchmarks/work/compress/)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2,000 training images, 1 epoch each, 500 "
@@ -309,6 +331,7 @@ def main() -> None:
     args = ap.parse_args()
     args.train_limit = None
     args.depth_blocks = [int(d) for d in args.depth_blocks.split(",") if int(d) > 0]
+    args.kd_into = [int(n) for n in args.kd_into.split(",") if int(n) > 0]
     warm = args.student_weights is not None
     args.distill_epochs = args.distill_epochs or (1 if warm else 10)
     args.distill_lr = args.distill_lr or (0.002 if warm else 0.05)
@@ -325,7 +348,8 @@ def main() -> None:
     profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
     others = [p for p in profiles if p != "x86"]
     only = [p.strip() for p in args.only.split(",") if p.strip()]
-    known = ["resnet56", "x86", *(f"depth{d}" for d in args.depth_blocks), *others, "resnet20", "resnet32"]
+    known = ["resnet56", "x86", *(f"depth{d}" for d in args.depth_blocks), *(f"kd{n}" for n in args.kd_into),
+             *others, "resnet20", "resnet32"]
     if unknown := [p for p in only if p not in known]:
         ap.error(f"--only: unknown phase(s) {', '.join(unknown)}; choose from {', '.join(known)}")
 
@@ -350,6 +374,9 @@ def main() -> None:
     for d in args.depth_blocks:
         if want(f"depth{d}", *others):
             runs[f"x86-depth{d}"] = run_profile("x86", t, args, full=False, depth=d)
+    for n in args.kd_into:
+        if want(f"kd{n}", *others):
+            runs[f"x86-kd{n}"] = run_profile("x86", t, args, full=False, kd_into=n)
     for p in others:
         if want(p):
             runs[p] = run_profile(p, _float_model(runs), args, full=False)
@@ -365,6 +392,11 @@ def main() -> None:
     for d in args.depth_blocks:
         models[_depth_label(runs[f"x86-depth{d}"], d)] = (Path(runs[f"x86-depth{d}"].report["final_model"]),
                                                           WORKC / f"run_x86-depth{d}" / "deploy")
+    for n in args.kd_into:
+        res = runs[f"x86-kd{n}"]
+        models[_kd_label(res, n)] = (Path(res.report["final_model"]), WORKC / f"run_x86-kd{n}" / "deploy")
+        if (student := _rolled_back_student(res)) is not None:
+            models[f"ResNet-{n} distilled (rolled back)"] = (student, int8_qat(student, f"kd{n}_student", args))
     for d in args.depth_blocks:  # the trade-off the budget refused, measured like the rest
         if (miss := _rolled_back_depth(runs[f"x86-depth{d}"])) is not None and miss[1].exists():
             models[f"ResNet-56, {miss[0]} blocks removed (rolled back)"] = (miss[1], int8_qat(miss[1], f"depth{d}_asked", args))
