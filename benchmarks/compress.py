@@ -15,7 +15,7 @@ tries first, on the same runtimes and threads.
   saved, timed on ONNX Runtime INT8 here, one variant per stage: the stages' blocks have equal
   MACs, not equal latency; the prices are in the run's prune.json), with KD recovery, then the same INT8 QAT; no student. 14 sits near ResNet-32's latency, 18 near
   ResNet-20's.
-- x86-kd<N> (`--kd-into`, default none; e.g. 20): the fine-tuned ResNet-56 distilled into ResNet-N,
+- x86-kd<N> (`--kd-into`, default 20; 0 skips): the fine-tuned ResNet-56 distilled into ResNet-N,
   which starts from the shared ResNet-N weights and trains for the baselines' budget
   (`--baseline-epochs`, lr 0.01), then the same INT8 QAT: "just pick a smaller model", but
   trained with the teacher. It is compared with the same ResNet-N fine-tuned on labels alone.
@@ -317,7 +317,7 @@ def main() -> None:
                     help="also x86 runs that remove this many of ResNet-56's 27 residual blocks each "
                          "(latency-aware, KD recovery) before INT8 QAT, no student: the alternative recipe (0 = none)")
     ap.add_argument("--depth-recovery", type=int, default=8, help="recovery epochs of those runs")
-    ap.add_argument("--kd-into", default="0",
+    ap.add_argument("--kd-into", default="20",
                     help="also x86 runs that distil the fine-tuned ResNet-56 into ResNet-N (comma-separated N of "
                          "20, 32, 44) from the shared weights for --baseline-epochs, then INT8 QAT (0 = none)")
     ap.add_argument("--baseline-epochs", type=int, default=None,
