@@ -20,10 +20,10 @@ tries first, on the same runtimes and threads.
   (`--baseline-epochs`, lr 0.01), then the same INT8 QAT: "just pick a smaller model", but
   trained with the teacher. It is compared with the same ResNet-N fine-tuned on labels alone.
 - jetson, raspberry-pi-5: the model stages are the same and take hours on 2 cores, so these runs
-  start from the fastest float model an x86 route accepted within the accuracy budget (its INT8
-  latency measured here: the pruned or distilled student, a depth run's pruned ResNet-56, or a
-  kd run's ResNet-N; the
-  fine-tuned ResNet-56 when every route was rolled back) and add the profile's own part: INT8
+  start from the float model of the x86 route whose final model ran fastest on ONNX Runtime
+  INT8 here, among routes that accepted one within the accuracy budget (the pruned or distilled
+  student, a depth run's pruned ResNet-56, or a kd run's ResNet-N; the fine-tuned ResNet-56
+  when every route was rolled back), and add the profile's own part: INT8
   QAT, export for its runtime (Jetson: TensorRT bundles, ONNX Runtime stand-in, predicted
   latency; Pi: ONNX Runtime) and the report.
 - Baselines: the fine-tuned ResNet-56 at INT8 (QAT, its own best INT8 artifact), and ResNet-20 /
@@ -158,17 +158,21 @@ def run_profile(profile: str, model: Path, args, full: bool, depth: int = 0, kd_
     return res
 
 
+def _accepted(res) -> list[dict]:
+    """The run's model stages (prune, distill) that the accuracy budget accepted, in order."""
+    return [s for s in res.report["stages"] if s["stage"] in ("prune", "distill") and s["status"] == "ok"]
+
+
 def _float_model(runs: dict) -> Path:
     """Where the other profiles' runs start: of the x86 routes that accepted a float model within
     the accuracy budget, the one whose final model ran fastest on ONNX Runtime INT8 in its own
     deploy table (one basis for every route: a distill stage does not time its model, a prune
     stage does); its last accepted float model. If no route accepted one, the fine-tuned ResNet-56."""
     best = None
-    for p, res in runs.items():
-        ok = [s for s in res.report["stages"] if s["stage"] in ("prune", "distill") and s["status"] == "ok"]
+    for res in (r for p, r in runs.items() if p.startswith("x86")):
         ms = [d["latency_ms_p50"] for d in res.report["deploy"] if d["backend"] == "onnxruntime"
               and d["precision"] == "int8" and d["status"] == "ok"]
-        if p.startswith("x86") and ok and ms and (best is None or ms[0] < best[0]):
+        if (ok := _accepted(res)) and ms and (best is None or ms[0] < best[0]):
             best = (ms[0], Path(ok[-1]["model"]))
     return best[1] if best else Path(runs["x86"].report["baseline_model"]["model"])
 
@@ -176,7 +180,7 @@ def _float_model(runs: dict) -> Path:
 def _x86_label(res) -> str:
     """What the x86 student route delivered: the budget may have rolled back its every model stage
     (then its final model is the fine-tuned ResNet-56, quantized)."""
-    ok = [s["stage"] for s in res.report["stages"] if s["stage"] in ("prune", "distill") and s["status"] == "ok"]
+    ok = [s["stage"] for s in _accepted(res)]
     return "compressed (x86, " + (" + ".join(ok) if ok else "student route: nothing within budget, ResNet-56") + ")"
 
 
@@ -231,7 +235,7 @@ def checks(rows: list[dict], teacher_top1: float) -> dict:
 def _depth_label(res, asked: int) -> str:
     """What an x86-depth run delivered: the accuracy budget may have kept a gentler attempt (fewer
     blocks removed) or none (then its final model is the teacher, quantized)."""
-    ok = [s for s in res.report["stages"] if s["stage"] == "prune" and s["status"] == "ok"]
+    ok = _accepted(res)
     if not ok:
         return f"compressed (x86, asked {asked} blocks removed: rolled back, no blocks removed)"
     n = ok[-1]["settings"]["drop_blocks"]
@@ -247,8 +251,7 @@ def _rolled_back_depth(res) -> tuple[int, Path] | None:
 
 
 def _kd_label(res, n: int) -> str:
-    ok = any(s["stage"] == "distill" and s["status"] == "ok" for s in res.report["stages"])
-    return f"compressed (x86, distilled into ResNet-{n})" if ok else \
+    return f"compressed (x86, distilled into ResNet-{n})" if _accepted(res) else \
         f"compressed (x86, KD into ResNet-{n}: nothing within budget, ResNet-56)"
 
 
@@ -334,8 +337,18 @@ def main() -> None:
                     "test images, results under benchmarks/work/compress_quick/ (not committed)")
     args = ap.parse_args()
     args.train_limit = None
-    args.depth_blocks = [int(d) for d in args.depth_blocks.split(",") if int(d) > 0]
-    args.kd_into = [int(n) for n in args.kd_into.split(",") if int(n) > 0]
+    def ints(flag: str, text: str, allowed=None) -> list[int]:
+        try:
+            out = [int(v) for v in text.split(",") if v.strip() and int(v) > 0]
+        except ValueError:
+            ap.error(f"{flag}: {text!r} is not a comma-separated list of integers")
+        if allowed and (bad := [v for v in out if v not in allowed]):
+            choices = f"{allowed[0]} to {allowed[-1]}" if isinstance(allowed, range) else ", ".join(map(str, allowed))
+            ap.error(f"{flag}: {bad} not available; choose from {choices} (0 = none)")
+        return out
+
+    args.depth_blocks = ints("--depth-blocks", args.depth_blocks, range(1, 27))
+    args.kd_into = ints("--kd-into", args.kd_into, (20, 32, 44))
     warm = args.student_weights is not None
     args.distill_epochs = args.distill_epochs or (1 if warm else 10)
     args.distill_lr = args.distill_lr or (0.002 if warm else 0.05)
