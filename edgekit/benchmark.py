@@ -216,6 +216,22 @@ def _verify_offline(prep: Prepared, e: _Entry, backend, threads: int, tol: Toler
                 f"its ONNX on {runner.backend} (stand-in): top-1 {v.top1:.2f}%, agreement {v.agreement:.2%}")
 
 
+def host_cores() -> int:
+    """The cores this process may run on (a container's or taskset's limit, not the machine's)."""
+    import os
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def oversubscribed(threads: int | None) -> str | None:
+    """The note a timing row gets when it asked for more threads than this host has cores: such
+    a figure measures the scheduler as much as the model (e.g. a Pi 5 profile's 4 threads timed
+    on a 2-core machine), so the report says it is only indicative."""
+    cores = host_cores()
+    if threads and threads > cores:
+        return f"{threads} threads on {cores} core(s) here: oversubscribed, latency only indicative"
+    return None
+
+
 def _rows(entries: list[_Entry], threads: list[int], timings: dict) -> list[Row]:
     rows = []
     for e in entries:
@@ -227,6 +243,8 @@ def _rows(entries: list[_Entry], threads: list[int], timings: dict) -> list[Row]
                    **({"standin": e.standin.to_dict()} if e.standin else {})}
         for t in threads if e.runners else [None]:
             tm = timings.get((id(e), t))
+            over = oversubscribed(t) if tm else None
+            extra = {"oversubscribed": over, "executed": "; ".join(filter(None, (e.executed, over)))} if over else {}
             rows.append(Row(
                 backend=e.label or e.backend, precision=e.precision, status=e.status,
                 size_mb=round(e.artifact.size_mb, 3) if e.artifact else None,
@@ -235,7 +253,7 @@ def _rows(entries: list[_Entry], threads: list[int], timings: dict) -> list[Row]
                 latency_ms_p50=round(tm.latency_ms_p50, 4) if tm else None,
                 latency_ms_p90=round(tm.latency_ms_p90, 4) if tm else None,
                 throughput_ips=round(tm.throughput_ips, 1) if tm else None,
-                threads=t, details={**details, **({"timing": tm.to_dict()} if tm else {})}))
+                threads=t, details={**details, **extra, **({"timing": tm.to_dict()} if tm else {})}))
     return rows
 
 

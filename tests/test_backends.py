@@ -114,6 +114,23 @@ def test_failed_verification_is_reported(tmp_path, resnet20_path, cifar_dir):
     assert row.status == "verification failed" and "agreement" in row.details["reason"]
 
 
+def test_more_threads_than_cores_is_flagged(tmp_path, resnet20_path, cifar_dir):
+    """A row timed at more threads than this host has cores (a Pi 5 profile's 4 on a 2-core
+    machine) says it is oversubscribed, in the note the tables show; a row within the cores does not."""
+    from edgekit.benchmark import host_cores
+
+    n = host_cores()
+    res = edgekit.benchmark(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "b",
+                            backends="onnxruntime", precisions="fp32", threads=f"1,{n + 1}", limit=20,
+                            timing=TimingConfig(warmup=1, iters=4, passes=1, throughput_iters=1), progress=False)
+    by = {r.threads: r for r in res.rows}
+    assert by[1].status == by[n + 1].status == "ok"
+    assert "oversubscribed" not in by[1].details and "oversubscribed" not in by[1].details["executed"]
+    assert f"{n + 1} threads on {n} core(s)" in by[n + 1].details["oversubscribed"]
+    assert "oversubscribed" in by[n + 1].details["executed"] and "f32" in by[n + 1].details["executed"]
+    assert "oversubscribed" in (tmp_path / "b" / "results.md").read_text()
+
+
 def test_timing_groups_runtimes_and_keeps_order(bench):
     """time_runners interleaves runners of one runtime and thread count only (alternating two
     runtimes' thread pools slowed OpenVINO 1.6x here), and only at 1 thread; it returns timings
