@@ -315,12 +315,23 @@ def _kd_drop_label(res, n: int, asked: int) -> str:
     (a gentler attempt), none (the prune stage rolled back) or, with the distill stage rolled back,
     ResNet-56 itself."""
     ok = _accepted(res)
+    base = _kd_drop_input(res, n)
     if not ok or ok[-1]["stage"] != "prune":
-        return f"compressed (x86, distilled into ResNet-{n}; asked {asked} blocks removed: " + \
+        return f"compressed (x86, {base}; asked {asked} blocks removed: " + \
             ("rolled back)" if ok else "nothing within budget, ResNet-56)")
     k = ok[-1]["settings"]["drop_blocks"]
-    return f"compressed (x86, distilled into ResNet-{n}, {k} block{'s' * (k != 1)} removed" + \
+    return f"compressed (x86, {base}, {k} block{'s' * (k != 1)} removed" + \
         (f"; {asked} missed the budget)" if k != asked else ")")
+
+
+def _distilled(res) -> bool:
+    """Whether the budget accepted the run's distill stage: otherwise a kd-drop run's prune stage
+    started from ResNet-56 itself."""
+    return any(s["stage"] == "distill" for s in _accepted(res))
+
+
+def _kd_drop_input(res, n: int) -> str:
+    return f"distilled into ResNet-{n}" if _distilled(res) else f"KD into ResNet-{n} rolled back, so ResNet-56"
 
 
 def _rolled_back_student(res) -> Path | None:
@@ -518,7 +529,8 @@ def main() -> None:
             res = runs[f"x86-kd{n}-drop{k}{_r(args)}"]
             models[_kd_drop_label(res, n, k)] = (Path(res.report["final_model"]), res.out / "deploy")
             if (miss := _rolled_back_depth(res)) is not None and miss[1].exists():
-                models[f"ResNet-{n} distilled, {miss[0]} blocks removed (rolled back)"] = (
+                what = f"ResNet-{n} distilled" if _distilled(res) else f"ResNet-56 (KD into ResNet-{n} rolled back)"
+                models[f"{what}, {miss[0]} blocks removed (rolled back)"] = (
                     miss[1], int8_qat(miss[1], f"kd{n}_drop{k}{_r(args)}_asked", args))
     for d in args.depth_blocks:  # the trade-off the budget refused, measured like the rest
         if (miss := _rolled_back_depth(runs[f"x86-depth{d}"])) is not None and miss[1].exists():
