@@ -168,12 +168,20 @@ def latency_target(teacher_ckpt: Path, r56_int8: Path, args) -> float:
     return round(t.latency_ms_p50 / 3.3, 3)
 
 
-def run_profile(profile: str, model: Path, args, full: bool, depth: int = 0, kd_into: int = 0, kd_drop: int = 0):
+def route(profile: str, args, depth: int = 0, kd_into: int = 0, kd_drop: int = 0) -> str:
+    """A compress run's name: its folder is run_<name>, its reports compress_<name>. A kd-drop
+    route whose recovery differs from the depth routes' is named for it (-r<epochs>)."""
     name = f"{profile}-depth{depth}" if depth else f"{profile}-kd{kd_into}" if kd_into else profile
-    name += f"-drop{kd_drop}" + _r(args) if kd_drop else ""
+    if kd_drop:
+        name += f"-drop{kd_drop}" + (f"-r{args.kd_drop_recovery}" if args.kd_drop_recovery != args.depth_recovery else "")
+    return name
+
+
+def run_profile(profile: str, model: Path, args, full: bool, depth: int = 0, kd_into: int = 0, kd_drop: int = 0):
+    name = route(profile, args, depth, kd_into, kd_drop)
     out = WORKC / f"run_{name}"
     if kd_drop:
-        _reuse_distill(WORKC / f"run_{profile}-kd{kd_into}", out)
+        _reuse_distill(WORKC / f"run_{route(profile, args, kd_into=kd_into)}", out)
     res = edgekit.compress(model, profile=profile, data=CIFAR, out=out,
                            recipe=recipe(args, full, depth, kd_into, kd_drop), limit=args.limit or None, resume=True)
     dest = RESULTS / f"compress_{name}"
@@ -182,11 +190,6 @@ def run_profile(profile: str, model: Path, args, full: bool, depth: int = 0, kd_
         if (res.out / f).exists():
             shutil.copyfile(res.out / f, dest / f)
     return res
-
-
-def _r(args) -> str:
-    """Run-name suffix of a kd-drop route whose recovery differs from the depth routes'."""
-    return f"-r{args.kd_drop_recovery}" if args.kd_drop_recovery != args.depth_recovery else ""
 
 
 def _reuse_distill(kd_run: Path, out: Path) -> None:
@@ -414,8 +417,8 @@ def main() -> None:
                          "20, 32, 44) from the shared weights for --baseline-epochs, then INT8 QAT (0 = none)")
     ap.add_argument("--kd-drop-blocks", default="2",
                     help="also x86 runs that take each --kd-into route's distilled ResNet-N and remove this many of "
-                         "its residual blocks (latency-aware, --depth-recovery KD epochs) before INT8 QAT: "
-                         "comma-separated, 0 = none")
+                         "its residual blocks (latency-aware, --kd-drop-recovery KD epochs) before INT8 QAT: "
+                         "comma-separated, 1 to 8, 0 = none")
     ap.add_argument("--kd-drop-recovery", type=int, default=None,
                     help="KD recovery epochs of the --kd-drop-blocks runs (default: --depth-recovery; another "
                          "value names the run x86-kd<N>-drop<K>-r<epochs>)")
@@ -431,7 +434,7 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=6)
     ap.add_argument("--rounds", type=int, default=5, help="whole headline timing runs (speed-ups per round)")
     ap.add_argument("--only", default="",
-                    help="run just these phases (comma-separated: resnet56, x86, depth<N>, kd<N>, jetson, raspberry-pi-5, "
+                    help="run just these phases (comma-separated: resnet56, x86, depth<N>, kd<N>, kd<N>-drop<K>, jetson, raspberry-pi-5, "
                          "resnet20, resnet32) and what they need, without the headline: to run the hours-long "
                          "benchmark in parts (finished phases stay in benchmarks/work/compress/)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2,000 training images, 1 epoch each, 500 "
@@ -464,7 +467,10 @@ def main() -> None:
         TEACHER = WORKC / "teacher"
         RESULTS = WORKC / "results"
     args.baseline_epochs = args.baseline_epochs or args.teacher_epochs + args.depth_recovery
-    args.kd_drop_recovery = args.kd_drop_recovery or args.depth_recovery
+    if args.kd_drop_recovery is None:
+        args.kd_drop_recovery = args.depth_recovery
+    if args.rounds < 1 or args.kd_drop_recovery < 0:
+        ap.error("--rounds must be >= 1 and --kd-drop-recovery >= 0")
     RESULTS.mkdir(parents=True, exist_ok=True)
     profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
     others = [p for p in profiles if p != "x86"]
@@ -501,17 +507,18 @@ def main() -> None:
             runs[f"x86-kd{n}"] = run_profile("x86", t, args, full=False, kd_into=n)
         for k in args.kd_drop_blocks:
             if want(f"kd{n}-drop{k}", *others):
-                runs[f"x86-kd{n}-drop{k}{_r(args)}"] = run_profile("x86", t, args, full=False, kd_into=n, kd_drop=k)
+                runs[route("x86", args, kd_into=n, kd_drop=k)] = run_profile("x86", t, args, full=False, kd_into=n, kd_drop=k)
     for p in others:
         if want(p):
             runs[p] = run_profile(p, _float_model(runs), args, full=False)
     budgets = [(d, args.baseline_epochs) for d in (20, 32)]
     if args.kd_into and args.kd_drop_blocks:  # the kd-drop routes train longer: baselines as long
         budgets += [(d, args.baseline_epochs + args.kd_drop_recovery) for d in args.matched_baselines]
-    for d, e in budgets:
+    smalls = {(d, e): f"ResNet-{d} INT8 ({e} epochs)" for d, e in budgets}
+    for (d, e), name in smalls.items():
         if want(f"resnet{d}"):
             ft = small_baseline(d, e, args)
-            models[f"ResNet-{d} INT8 ({e} epochs)"] = (ft, int8_qat(ft, ft.parent.name, args))  # named for its float model
+            models[name] = (ft, int8_qat(ft, ft.parent.name, args))  # named for its float model
     if only:
         print(f"finished: {', '.join(only)}; the headline needs every phase: run without --only")
         return
@@ -526,12 +533,12 @@ def main() -> None:
         if (student := _rolled_back_student(res)) is not None:
             models[f"ResNet-{n} distilled (rolled back)"] = (student, int8_qat(student, f"kd{n}_student", args))
         for k in args.kd_drop_blocks:
-            res = runs[f"x86-kd{n}-drop{k}{_r(args)}"]
+            res = runs[name := route("x86", args, kd_into=n, kd_drop=k)]
             models[_kd_drop_label(res, n, k)] = (Path(res.report["final_model"]), res.out / "deploy")
             if (miss := _rolled_back_depth(res)) is not None and miss[1].exists():
                 what = f"ResNet-{n} distilled" if _distilled(res) else f"ResNet-56 (KD into ResNet-{n} rolled back)"
                 models[f"{what}, {miss[0]} blocks removed (rolled back)"] = (
-                    miss[1], int8_qat(miss[1], f"kd{n}_drop{k}{_r(args)}_asked", args))
+                    miss[1], int8_qat(miss[1], f"{name.removeprefix('x86-').replace('-', '_')}_asked", args))
     for d in args.depth_blocks:  # the trade-off the budget refused, measured like the rest
         if (miss := _rolled_back_depth(runs[f"x86-depth{d}"])) is not None and miss[1].exists():
             models[f"ResNet-56, {miss[0]} blocks removed (rolled back)"] = (miss[1], int8_qat(miss[1], f"depth{d}_asked", args))
@@ -540,7 +547,7 @@ def main() -> None:
     rows = headline(models, args)
     if teacher_top1 is None:
         teacher_top1 = runs["x86"].report["baseline_model"]["top1"]
-    chk = checks(rows, teacher_top1, [f"ResNet-{d} INT8 ({e} epochs)" for d, e in budgets])
+    chk = checks(rows, teacher_top1, list(smalls.values()))
     env = environment(args=vars(args))
     atomic_write_json(RESULTS / "compress.json", {"rows": rows, "checks": chk, "teacher_top1": teacher_top1,
                                                  "runs": {p: r.report["stages"] for p, r in runs.items()},

@@ -12,7 +12,7 @@ import numpy as np
 from ._io import check_out_dir, staged_dir
 from .backends import DEFAULT_PRECISIONS, QAT_ONLY, Artifact, ExportContext, get_backend
 from .bench import TimingConfig, time_runners
-from .env import environment
+from .env import environment, usable_cores
 from .errors import EdgekitError
 from .inputs import check_classes, parse_backends, parse_precisions, parse_threads
 from .progress import progress_bar
@@ -216,17 +216,11 @@ def _verify_offline(prep: Prepared, e: _Entry, backend, threads: int, tol: Toler
                 f"its ONNX on {runner.backend} (stand-in): top-1 {v.top1:.2f}%, agreement {v.agreement:.2%}")
 
 
-def host_cores() -> int:
-    """The cores this process may run on (a container's or taskset's limit, not the machine's)."""
-    import os
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def oversubscribed(threads: int | None) -> str | None:
     """The note a timing row gets when it asked for more threads than this host has cores: such
     a figure measures the scheduler as much as the model (e.g. a Pi 5 profile's 4 threads timed
     on a 2-core machine), so the report says it is only indicative."""
-    cores = host_cores()
+    cores = usable_cores()
     if threads and threads > cores:
         return f"{threads} threads on {cores} core(s) here: oversubscribed, latency only indicative"
     return None

@@ -9,7 +9,7 @@ import platform
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["environment", "cpu_info"]
+__all__ = ["environment", "cpu_info", "usable_cores"]
 
 _PACKAGES = ("edgekit", "torch", "torchvision", "onnx", "onnxruntime", "openvino", "nncf",
              "torch-pruning", "torchao", "numpy")
@@ -38,6 +38,12 @@ def cpu_info() -> dict[str, Any]:
         "affinity_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "isa": [w for w in wanted if w in flags],
     }
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a container's or taskset's limit, not the machine's)."""
+    c = cpu_info()
+    return c["affinity_cores"] or c["logical_cores"] or 1
 
 
 def _versions() -> dict[str, str | None]:

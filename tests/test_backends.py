@@ -117,9 +117,9 @@ def test_failed_verification_is_reported(tmp_path, resnet20_path, cifar_dir):
 def test_more_threads_than_cores_is_flagged(tmp_path, resnet20_path, cifar_dir):
     """A row timed at more threads than this host has cores (a Pi 5 profile's 4 on a 2-core
     machine) says it is oversubscribed, in the note the tables show; a row within the cores does not."""
-    from edgekit.benchmark import host_cores
+    from edgekit.env import usable_cores
 
-    n = host_cores()
+    n = usable_cores()
     res = edgekit.benchmark(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "b",
                             backends="onnxruntime", precisions="fp32", threads=f"1,{n + 1}", limit=20,
                             timing=TimingConfig(warmup=1, iters=4, passes=1, throughput_iters=1), progress=False)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from ..env import cpu_info
+from ..env import cpu_info, usable_cores
 from .schema import Profile
 
 __all__ = ["host_profile", "host_id", "calibration_path"]
@@ -28,8 +28,7 @@ def calibration_path() -> Path:
 
 def host_id() -> str:
     """What a calibration is valid for: CPU model and usable cores."""
-    c = cpu_info()
-    return f"{c['model']} x{c['affinity_cores'] or c['logical_cores']}"
+    return f"{cpu_info()['model']} x{usable_cores()}"
 
 
 def _clock_ghz() -> float:
@@ -83,7 +82,7 @@ def host_profile(calibration: Path | None | object = _DEFAULT) -> Profile:
     `calibration_path()`; None: none, the uncalibrated figures)."""
     c = cpu_info()
     isa = set(c["isa"])
-    cores = c["affinity_cores"] or c["logical_cores"] or 1
+    cores = usable_cores()
     ghz = _clock_ghz()
     fp32, int8, lanes = _flops_per_cycle(isa)
     data = {
