@@ -51,7 +51,7 @@ def models_cmd(pattern: str = typer.Argument("*", help="Wildcard filter, e.g. 'c
     from .models import describe, list_models
 
     for name in list_models(pattern):
-        out_console.print(f"{name:32s} {describe(name)}", highlight=False)
+        out_console.print(f"{name:32s} {describe(name)}", highlight=False, markup=False)
 
 
 @app.command("export")

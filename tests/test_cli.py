@@ -193,6 +193,9 @@ def test_models_and_profiles(monkeypatch, capsys):
     assert code == 0
     for name in ("cifar_resnet56", "cifar_mobilenet_v2", "resnet18", "efficientnet_b0"):
         assert name in out
+    assert "[cifar_resnet; input 3x32x32]" in " ".join(out.split())  # not eaten as console markup
+    code, out, _ = run_inprocess(monkeypatch, capsys, "models", "timm/resnet1*")
+    assert code == 0 and "timm/resnet18 " in out and "[timm; input 3x224x224, resize 235]" in out
     code, out, _ = run_inprocess(monkeypatch, capsys, "profiles", "show", "x86")
     assert code == 0 and "onnxruntime" in out and "name: x86-avx2" in out
     code, out, _ = run_inprocess(monkeypatch, capsys, "profiles", "list")

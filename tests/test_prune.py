@@ -167,18 +167,29 @@ def test_latency_target_for_a_profile_measured_here(resnet20_path, cifar_dir, tm
     still meets the target, on the runtime and precision it used."""
     from edgekit.errors import InputError
     from edgekit.profiles import get_profile
+    from edgekit.stages.prune import TargetAlreadyMet, TargetUnreachable
 
-    target = _reachable_target(resnet20_path, tmp_path, get_profile("x86").channel_multiple)
-    res = edgekit.prune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "p", profile="x86",
-                        measure_here=True, latency_precision="fp32", target_latency_ms=target,
-                        recover=False, limit=50, progress=False, timing=FAST)
+    for attempt in range(2):
+        # The target sits halfway between two timings taken seconds before the search's own. On a
+        # shared host they can drift by a quarter (CI saw the floor at 0.369 ms against a 0.368 ms
+        # target), so a target the search's measurements put out of range is derived once more.
+        target = _reachable_target(resnet20_path, tmp_path / f"t{attempt}", get_profile("x86").channel_multiple)
+        try:
+            out = tmp_path / f"p{attempt}"
+            res = edgekit.prune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=out,
+                                profile="x86", measure_here=True, latency_precision="fp32",
+                                target_latency_ms=target, recover=False, limit=50, progress=False, timing=FAST)
+            break
+        except (TargetAlreadyMet, TargetUnreachable):
+            if attempt:
+                raise
     step = res.steps[0]
     assert "predicted_ms" not in step and step["backend"] == "onnxruntime FP32"
     assert step["measured_ms"] <= target + 1e-3 and res.summary["target_latency"]["on"] == "onnxruntime FP32, 1 thread(s)"
     t = res.summary["target_latency"]
     assert t["met"] == (t["final_ms"] <= t["target_ms"]) and t["target_ms"] < step["unpruned_ms"]
     assert res.summary["macs_after"] < res.summary["macs_before"]
-    assert "Latency target" in (tmp_path / "p" / "report.md").read_text()
+    assert "Latency target" in (out / "report.md").read_text()
     with pytest.raises(InputError, match="--measure-here .* --target-latency-ms"):
         edgekit.prune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "q", profile="x86",
                       measure_here=True, target_macs=0.5, recover=False, progress=False)

@@ -24,7 +24,7 @@ from torch import nn
 from .._io import atomic_path
 from ..errors import EdgekitError, ExportError, InputError, ModelLoadError
 from .card import IMAGENET_MEAN, IMAGENET_STD, ModelCard
-from .zoo import ARCHS, _resolve, get_model, parse_arch
+from .zoo import ARCHS, TIMM_PREFIX, _resolve, arch_card, get_model, parse_arch
 
 __all__ = ["LoadedModel", "load_model", "save_model", "CARD_FILE", "CHECKPOINT_FORMAT"]
 
@@ -90,7 +90,7 @@ def _names_zoo_arch(text: str) -> bool:
         name, _ = parse_arch(text)
     except InputError:
         return False
-    return name in ARCHS
+    return name in ARCHS or name.startswith(TIMM_PREFIX)  # timm's archs register on first use
 
 
 def _sniff(path: Path) -> str:
@@ -222,11 +222,9 @@ def _card_for_module(
 ) -> ModelCard:
     """A card for a module whose file stored none: from `arch`, else from a known input shape."""
     if arch is not None:
-        name, options = parse_arch(arch)
-        spec = ARCHS.get(_resolve(name))
-        size = spec.default_card(spec.default_num_classes, **options).input_size
+        size = arch_card(arch).input_size
         classes = out_classes or _probe_classes(module, size, path)
-        card = spec.default_card(classes, **options).with_(arch=spec.name, arch_kwargs=options)
+        card = arch_card(arch, num_classes=classes)
     elif input_size is not None:
         classes = out_classes or _probe_classes(module, input_size, path)
         card = ModelCard(

@@ -1,13 +1,15 @@
 """Rebuild a zoo architecture at the layer widths a checkpoint stores (a pruned model).
 
 A structurally pruned model is its architecture with fewer channels, so its checkpoint stays
-"arch + state_dict": on load the fresh arch's Conv2d / BatchNorm2d / Linear layers are swapped for
-ones of the stored shapes. No pruning code runs, and the result trains, quantizes and exports
-like any model. Layers of other types that changed shape cannot be rebuilt and are named.
+"arch + state_dict": on load the fresh arch's Conv2d / BatchNorm2d / Linear layers (subclasses
+included) are swapped for copies of themselves at the stored shapes. No pruning code runs, and the
+result trains, quantizes and exports like any model. Layers of other types that changed shape
+cannot be rebuilt and are named.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Mapping
 
 import torch
@@ -20,32 +22,40 @@ __all__ = ["resize_like", "RESIZABLE"]
 RESIZABLE = (nn.Conv2d, nn.BatchNorm2d, nn.Linear)
 
 
-def _conv(m: nn.Conv2d, w: torch.Tensor) -> nn.Conv2d:
-    out_c, per_group = int(w.shape[0]), int(w.shape[1])
-    if m.groups > 1 and m.groups == m.in_channels:  # depthwise: keep the channel multiplier
-        groups = out_c // (m.out_channels // m.groups)
-    else:
-        groups = m.groups
-    return nn.Conv2d(per_group * groups, out_c, m.kernel_size, m.stride, m.padding, m.dilation, groups,
-                     m.bias is not None, m.padding_mode)
+def _param(like: torch.Tensor | None, shape) -> nn.Parameter | None:
+    return None if like is None else nn.Parameter(torch.zeros(shape, dtype=like.dtype), like.requires_grad)
 
 
 def _resized(m: nn.Module, name: str, state: Mapping[str, torch.Tensor]) -> nn.Module | None:
-    """A copy of layer `m` with the stored shapes, or None when they already match."""
+    """A copy of layer `m` with the stored shapes, or None when they already match. The copy
+    keeps `m`'s class and everything else it holds (timm's BatchNormAct2d keeps its activation;
+    a fresh nn.BatchNorm2d would silently drop it); the caller loads the values."""
     own = dict(m.named_parameters(recurse=False)) | dict(m.named_buffers(recurse=False))
     stored = {k: state[f"{name}.{k}" if name else k] for k in own if (f"{name}.{k}" if name else k) in state}
     if all(tuple(v.shape) == tuple(own[k].shape) for k, v in stored.items()):
         return None
+    if not isinstance(m, RESIZABLE):
+        raise ModelLoadError(f"layer {name} ({type(m).__name__}) has other shapes in the checkpoint and edgekit "
+                             f"can rebuild only {', '.join(t.__name__ for t in RESIZABLE)} at a new width")
+    new = copy.deepcopy(m)
     if isinstance(m, nn.Conv2d):
-        return _conv(m, stored["weight"])
-    if isinstance(m, nn.BatchNorm2d):
-        return nn.BatchNorm2d(int(stored["running_mean"].shape[0]), m.eps, m.momentum, m.affine,
-                              m.track_running_stats)
-    if isinstance(m, nn.Linear):
-        out_f, in_f = stored["weight"].shape
-        return nn.Linear(int(in_f), int(out_f), m.bias is not None)
-    raise ModelLoadError(f"layer {name} ({type(m).__name__}) has other shapes in the checkpoint and edgekit "
-                         f"can rebuild only {', '.join(t.__name__ for t in RESIZABLE)} at a new width")
+        w = stored["weight"]
+        out_c, per_group = int(w.shape[0]), int(w.shape[1])
+        # depthwise keeps its channel multiplier; other convs keep their group count
+        groups = out_c // (m.out_channels // m.groups) if 1 < m.groups == m.in_channels else m.groups
+        new.in_channels, new.out_channels, new.groups = per_group * groups, out_c, groups
+        new.weight, new.bias = _param(m.weight, w.shape), _param(m.bias, (out_c,))
+    elif isinstance(m, nn.BatchNorm2d):
+        n = next(int(v.shape[0]) for v in stored.values() if v.ndim == 1)
+        new.num_features = n
+        new.weight, new.bias = _param(m.weight, (n,)), _param(m.bias, (n,))
+        if m.running_mean is not None:
+            new.running_mean, new.running_var = torch.zeros(n), torch.ones(n)
+    else:  # Linear
+        out_f, in_f = (int(v) for v in stored["weight"].shape)
+        new.in_features, new.out_features = in_f, out_f
+        new.weight, new.bias = _param(m.weight, (out_f, in_f)), _param(m.bias, (out_f,))
+    return new
 
 
 def resize_like(module: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:

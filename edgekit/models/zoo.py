@@ -2,7 +2,12 @@
 
 Every torchvision classification builder is registered (random init only: edgekit never downloads
 weights), plus CIFAR ResNets matching the shared teachers and 32x32 variants of mobile networks.
+timm's classifiers are named `timm/NAME` and registered on first use (when timm is installed).
 Add your own with `register_arch(ArchSpec(...))`.
+
+Any arch takes the card options `input_size` (N or HxW), `resize` (N, or none), `mean` and `std`
+(one value, or one per channel joined by "/"): the preprocessing the weights were trained with,
+e.g. `resnet18:input_size=64` for a ResNet-18 trained on 64x64 images.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torchvision
+from pydantic import ValidationError
 from torch import nn
 
 from .._registry import Registry
@@ -30,6 +36,7 @@ __all__ = [
     "list_models",
     "parse_arch",
     "get_model",
+    "arch_card",
     "describe",
 ]
 
@@ -50,12 +57,17 @@ class ArchSpec:
     family: str
     description: str
     default_num_classes: int = 1000
+    #: card options (see CARD_OPTIONS) the builder consumes itself, e.g. MaxViT's input_size
+    builder_options: tuple[str, ...] = ()
 
 
 ARCHS: Registry[ArchSpec] = Registry("model")
 
 # Options that would make a builder download weights; edgekit loads weights with load_model only.
-_FORBIDDEN_OPTIONS = ("weights", "pretrained", "progress", "weights_backbone")
+_FORBIDDEN_OPTIONS = ("weights", "pretrained", "progress", "weights_backbone", "pretrained_cfg_overlay",
+                      "checkpoint_path")
+#: Options of every arch that set its card (the preprocessing), not its layers.
+CARD_OPTIONS = ("input_size", "resize", "mean", "std")
 
 
 def register_arch(spec: ArchSpec, *, aliases: tuple[str, ...] = ()) -> ArchSpec:
@@ -125,6 +137,7 @@ def _register_torchvision() -> None:
                 default_card=_tv_card(name),
                 family="torchvision",
                 description=_docstring_summary(fn),
+                builder_options=("input_size",) if name.startswith("maxvit") else (),
             )
         )
 
@@ -197,9 +210,61 @@ _register_cifar_resnets()
 _register_small_input()
 
 
+# --------------------------------------------------------------------------- timm (on first use)
+TIMM_PREFIX = "timm/"
+
+
+def _timm():
+    try:
+        import timm
+    except ImportError:
+        raise InputError("timm models need timm: pip install 'edgekit[timm]'") from None
+    return timm
+
+
+def _timm_card(name: str) -> Callable[..., ModelCard]:
+    def card(num_classes: int, **_: Any) -> ModelCard:
+        # timm's published eval preprocessing for the arch (a config lookup: nothing downloads)
+        cfg = _timm().get_pretrained_cfg(name)
+        size = tuple(int(v) for v in (cfg.input_size if cfg else (3, 224, 224)))
+        crop_pct = (cfg.crop_pct if cfg else None) or 0.875
+        return ModelCard(
+            num_classes=num_classes,
+            input_size=size,  # type: ignore[arg-type]
+            mean=tuple(cfg.mean) if cfg else IMAGENET_MEAN,
+            std=tuple(cfg.std) if cfg else IMAGENET_STD,
+            resize=max(int(max(size[1:]) / crop_pct), max(size[1:])),
+            notes={"interpolation": cfg.interpolation if cfg else "bilinear",
+                   "preprocessing": f"timm {cfg.architecture}.{cfg.tag}" if cfg else "timm default"},
+        )
+
+    return card
+
+
+def _register_timm(full: str) -> None:
+    """Register `timm/NAME` the first time it is asked for (timm has over a thousand archs; the
+    import costs a second, and most runs never need it)."""
+    timm = _timm()
+    name = full[len(TIMM_PREFIX):]
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        hint = f" (close: {', '.join(TIMM_PREFIX + c for c in close)})" if close else ""
+        raise InputError(f"unknown timm model {name!r}{hint}; see `edgekit models 'timm/*'`")
+
+    def build(*, num_classes: int = 1000, **options: Any) -> nn.Module:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, **options)
+
+    build.__name__ = build.__qualname__ = name
+    register_arch(ArchSpec(name=full, builder=build, default_card=_timm_card(name), family="timm",
+                           description=f"timm {name}"))
+
+
 # --------------------------------------------------------------------------- public API
 def list_models(pattern: str = "*") -> list[str]:
-    """Canonical arch names matching a shell-style pattern, e.g. "cifar_*"."""
+    """Canonical arch names matching a shell-style pattern, e.g. "cifar_*"; timm's archs only for
+    a pattern that starts with "timm/" (they are more than a thousand)."""
+    if pattern.startswith(TIMM_PREFIX):
+        return sorted(TIMM_PREFIX + n for n in _timm().list_models(pattern[len(TIMM_PREFIX):]))
     return ARCHS.names(pattern)
 
 
@@ -240,6 +305,8 @@ def parse_arch(spec: str) -> tuple[str, dict[str, Any]]:
 
 
 def _resolve(name: str) -> str:
+    if name.startswith(TIMM_PREFIX) and name not in ARCHS:
+        _register_timm(name)
     try:
         return ARCHS.resolve(name)
     except InputError as exc:
@@ -265,11 +332,35 @@ def get_model(arch: str, *, num_classes: int | None = None, **options: Any) -> t
     Args:
         arch: a name or alias from `list_models()`, optionally with options ("name:key=val").
         num_classes: output classes; None keeps the arch's default (1000 torchvision, 10 CIFAR).
-        **options: builder options; they override those in `arch`.
+        **options: builder and card options; they override those in `arch`.
 
     Raises:
         InputError: unknown arch (with close names), unknown or invalid option.
     """
+    name, spec, options, num_classes = _arch(arch, num_classes, options)
+    built_with = {k: v for k, v in options.items() if k not in _card_options(spec, options)}
+    try:
+        module = spec.builder(num_classes=num_classes, **built_with)
+    except TypeError as exc:
+        match = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+        if match:
+            known = _option_names(spec.builder)
+            hint = f"; options: {', '.join(known) or 'none'}" if known is not None else ""
+            raise InputError(f"model {name} has no option {match.group(1)!r}{hint}") from None
+        raise InputError(f"bad option for model {name} {options}: {exc}") from None
+    except (ValueError, AssertionError) as exc:
+        raise InputError(f"bad option for model {name} {options}: {exc}") from None
+    return module.eval(), _card(spec, num_classes, options).with_(source="random init")
+
+
+def arch_card(arch: str, *, num_classes: int | None = None) -> ModelCard:
+    """The card of `arch` (options included) without building the model."""
+    _, spec, options, num_classes = _arch(arch, num_classes, {})
+    return _card(spec, num_classes, options)
+
+
+def _arch(arch: str, num_classes: int | None, options: dict[str, Any]) -> tuple[str, ArchSpec, dict[str, Any], int]:
+    """Resolve and check an arch spec: (canonical name, spec, all options, class count)."""
     name, parsed = parse_arch(arch)
     name = _resolve(name)
     spec = ARCHS.get(name)
@@ -293,30 +384,65 @@ def get_model(arch: str, *, num_classes: int | None = None, **options: Any) -> t
         num_classes = spec.default_num_classes
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes <= 0:
         raise InputError(f"num_classes must be a positive integer, got {num_classes!r}")
+    return name, spec, options, num_classes
+
+
+def _card_options(spec: ArchSpec, options: dict[str, Any]) -> dict[str, Any]:
+    return {k: options[k] for k in CARD_OPTIONS if k in options and k not in spec.builder_options}
+
+
+def _card(spec: ArchSpec, num_classes: int, options: dict[str, Any]) -> ModelCard:
+    card_options = _card_options(spec, options)
+    built_with = {k: v for k, v in options.items() if k not in card_options}
     try:
-        module = spec.builder(num_classes=num_classes, **options)
-    except TypeError as exc:
-        match = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
-        if match:
-            known = _option_names(spec.builder)
-            hint = f"; options: {', '.join(known) or 'none'}" if known is not None else ""
-            raise InputError(f"model {name} has no option {match.group(1)!r}{hint}") from None
-        raise InputError(f"bad option for model {name} {options}: {exc}") from None
-    except (ValueError, AssertionError) as exc:
-        raise InputError(f"bad option for model {name} {options}: {exc}") from None
-    try:
-        card = spec.default_card(num_classes, **options)
+        card = _with_card_options(spec.default_card(num_classes, **built_with), card_options)
     except (TypeError, ValueError) as exc:
-        raise InputError(f"bad option for model {name} {options}: {exc}") from None
-    card = card.with_(arch=name, arch_kwargs=options, source="random init")
-    return module.eval(), card
+        raise InputError(f"bad option for model {spec.name} {options}: {exc}") from None
+    return card.with_(arch=spec.name, arch_kwargs=options)
+
+
+def _floats(key: str, value: Any, channels: int) -> tuple[float, ...]:
+    parts = [float(v) for v in str(value).split("/")]
+    if len(parts) == 1:
+        parts *= channels
+    if len(parts) != channels:
+        raise ValueError(f"{key} needs 1 or {channels} values joined by '/', got {value!r}")
+    return tuple(parts)
+
+
+def _with_card_options(card: ModelCard, options: dict[str, Any]) -> ModelCard:
+    """The arch's default card with the preprocessing the user's weights were trained with.
+    A new input_size drops the default resize-then-crop (set `resize` to keep one)."""
+    if not options:
+        return card
+    changes: dict[str, Any] = {}
+    channels = card.input_size[0]
+    if "input_size" in options:
+        text = str(options["input_size"]).lower()
+        match = re.fullmatch(r"(\d+)(?:x(\d+))?", text)
+        if not match:
+            raise ValueError(f"input_size takes N or HxW (e.g. 64 or 96x128), got {options['input_size']!r}")
+        h = int(match.group(1))
+        w = int(match.group(2) or h)
+        changes["input_size"], changes["resize"] = (channels, h, w), None
+    if "resize" in options:
+        r = options["resize"]
+        if r is not None and (isinstance(r, bool) or not isinstance(r, int)):
+            raise ValueError(f"resize takes a whole number of pixels (or none), got {r!r}")
+        changes["resize"] = r
+    for key in ("mean", "std"):
+        if key in options:
+            changes[key] = _floats(key, options[key], channels)
+    try:
+        return card.with_(**changes)
+    except ValidationError as exc:  # the card's own reason, without pydantic's frame
+        raise ValueError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
 
 
 def describe(arch: str) -> str:
     """One line for `edgekit models`: description, family and default input."""
-    name, options = parse_arch(arch)
-    spec = ARCHS.get(_resolve(name))
-    card = spec.default_card(spec.default_num_classes, **options)
+    spec = ARCHS.get(_resolve(parse_arch(arch)[0]))
+    card = arch_card(arch)
     c, h, w = card.input_size
     resize = f", resize {card.resize}" if card.resize else ""
     return f"{spec.name}: {spec.description} [{spec.family}; input {c}x{h}x{w}{resize}]"

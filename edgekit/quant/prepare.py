@@ -58,18 +58,52 @@ class QuantSpec(BaseModel):
     residual: Literal["rounded", "fused"] = "rounded"
 
 
+class _Leaves(fx.Tracer):
+    """Keeps every Conv2d, Linear and BatchNorm2d one node, subclasses included: timm's Linear
+    and BatchNormAct2d would otherwise be traced into F.linear / F.batch_norm calls, which no
+    quantizer or BN fold can be matched with."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)) or super().is_leaf_module(m, qualname)
+
+
+#: subclasses whose forward is their base's, written differently (timm's Linear casts for TorchScript)
+_SAME_FORWARD = {"timm.layers.linear.Linear"}
+
+
+def _quant_class(layer: nn.Module) -> type[nn.Module] | None:
+    """The fake-quant replacement of `layer`, or None where its forward is not a plain Conv2d or
+    Linear (timm's Conv2dSame pads at run time, a weight-standardised conv rescales)."""
+    for base, cls in QUANT_LAYERS.items():
+        if isinstance(layer, base) and (type(layer).forward is base.forward
+                                        or f"{type(layer).__module__}.{type(layer).__qualname__}" in _SAME_FORWARD):
+            return cls
+    return None
+
+
 def _trace(model: nn.Module) -> fx.GraphModule:
     try:
-        return fx.symbolic_trace(model)
+        return fx.GraphModule(model, _Leaves().trace(model))
     except Exception as e:  # noqa: BLE001
         raise InputError(f"cannot quantize this model: torch.fx could not trace it ({type(e).__name__}: "
                          f"{str(e).splitlines()[0][:150]}); edgekit needs a traceable forward to fold batch "
                          "norms and place quantizers") from None
 
 
+def _after_fold(bn: nn.BatchNorm2d) -> nn.Module | None:
+    """What stays of `bn` once folded into its conv: nothing for a plain batch norm; the dropout and
+    activation of a timm BatchNormAct2d; None (do not fold) for a subclass whose forward is unknown."""
+    if type(bn).forward is nn.BatchNorm2d.forward:
+        return nn.Identity()
+    if isinstance(getattr(bn, "act", None), nn.Module) and isinstance(getattr(bn, "drop", None), nn.Module):
+        return nn.Sequential(bn.drop, bn.act)
+    return None
+
+
 def fold_batchnorm(model: nn.Module) -> list[str]:
     """Fold every BatchNorm2d that directly follows a Conv2d (its only user) into the conv, in
-    place; the BN becomes an Identity. Returns the folded BN names."""
+    place; the BN becomes an Identity (or the activation a norm+act layer carries). Returns the
+    folded BN names."""
     from torch.nn.utils.fusion import fuse_conv_bn_weights
 
     gm = _trace(model)
@@ -83,12 +117,15 @@ def fold_batchnorm(model: nn.Module) -> list[str]:
                 and isinstance(mods.get(src.target), nn.Conv2d) and len(src.users) == 1):
             continue
         conv, bn = mods[src.target], mods[node.target]
+        rest = _after_fold(bn)
+        if rest is None:
+            continue
         if bn.num_features != conv.out_channels:  # rebuilding a pruned checkpoint: weights come after
             bn = nn.BatchNorm2d(conv.out_channels)
         w, b = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
                                     bn.weight, bn.bias)
         conv.weight, conv.bias = w, b
-        model.set_submodule(node.target, nn.Identity())
+        model.set_submodule(node.target, rest)
         folded.append(node.target)
     return folded
 
@@ -116,7 +153,9 @@ def plan(model: nn.Module, bits: int, *, keep_float: Iterable[str] = (), first_l
     if unknown:
         raise InputError(f"--keep-float names unknown layer(s) {', '.join(unknown[:5])}; layer names are "
                          "as in model.named_modules(), e.g. " + ", ".join(_weight_layers(model)[:3]))
-    bad = [f"{n} ({type(m).__name__})" for n, m in names.items() if isinstance(m, _UNSUPPORTED) and n not in keep]
+    weighted = set(_weight_layers(model))
+    bad = [f"{n} ({type(m).__name__})" for n, m in names.items() if n not in keep and (
+        isinstance(m, _UNSUPPORTED) or (n in weighted and _quant_class(m) is None))]
     if bad:
         raise InputError(f"unsupported layer for quantization: {', '.join(bad[:3])}; edgekit quantizes Conv2d "
                          f"and Linear layers: keep it in float with --keep-float {bad[0].split(' ')[0]}")
@@ -272,9 +311,10 @@ def prepare(model: nn.Module, weights: dict[str, int], *, act_bits: int = 8, lab
     _drop_identities(gm)
     for name, b in weights.items():
         layer = gm.get_submodule(name)
-        cls = QUANT_LAYERS.get(type(layer))
+        cls = _quant_class(layer)
         if cls is None:
-            raise InputError(f"layer {name} ({type(layer).__name__}) cannot be quantized")
+            raise InputError(f"layer {name} ({type(layer).__name__}) cannot be quantized: keep it in float "
+                             f"with --keep-float {name}")
         gm.set_submodule(name, cls.from_float(layer, b))
     if residual not in ("rounded", "fused"):
         raise InputError(f"residual form {residual!r} is not supported: use rounded or fused")

@@ -1,0 +1,119 @@
+"""timm classifiers as zoo archs (`timm/NAME`), at an input size other than their default: the card
+options, a pruned checkpoint that reloads to the same model, BN folding that keeps the activation
+timm fuses into its norm layers, and INT8 QAT deployed and verified on the runtimes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import edgekit
+from edgekit.bench import TimingConfig
+from edgekit.data import load_dataset
+from edgekit.errors import InputError
+from edgekit.models import get_model
+from edgekit.train import TrainConfig
+
+# MobileNetV3 in timm: BatchNormAct2d (BN + Hardswish in one module), squeeze-excite, timm's Linear
+ARCH = "timm/mobilenetv3_small_050:input_size=64"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cifar_dir):
+    """A few hundred steps from random init on CIFAR-10 upscaled to 64x64: well above chance, so
+    agreement between a runtime and torch means something."""
+    from edgekit.stages import finetune
+
+    cfg = TrainConfig(epochs=4, batch_size=64, lr=0.05, train_limit=6000, eval_limit=300)
+    res = finetune(ARCH, data=cifar_dir, out=tmp_path_factory.mktemp("timm"), num_classes=10, config=cfg,
+                   progress=False)
+    assert res.best_top1 > 30, res.best_top1
+    return res.best_path
+
+
+def _images(cifar_dir, card, n=64):
+    split = load_dataset(cifar_dir, input_size=card.input_size, resize=card.resize).evaluation(n)
+    return next(iter(split.batches(n, mean=card.mean, std=card.std)))[0]
+
+
+def test_timm_names_and_card_options():
+    module, card = get_model(ARCH, num_classes=7)
+    assert card.arch == "timm/mobilenetv3_small_050" and card.arch_kwargs == {"input_size": 64}
+    assert card.input_size == (3, 64, 64) and card.resize is None  # a new size drops the 224/256 crop
+    assert module(torch.zeros(1, 3, 64, 64)).shape == (1, 7)
+    default = get_model("timm/mobilenetv3_small_050")[1]
+    assert default.input_size == (3, 224, 224) and default.resize == 256  # timm's crop_pct 0.875
+    card = get_model("resnet18:input_size=96x128,resize=160,mean=0.5,std=0.25", num_classes=3)[1]
+    assert card.input_size == (3, 96, 128) and card.resize == 160 and card.mean == (0.5,) * 3
+    with pytest.raises(InputError, match=r"unknown timm model 'mobilenetv3_smal_050' \(close: timm/mobilenetv3"):
+        get_model("timm/mobilenetv3_smal_050")
+    with pytest.raises(InputError, match="never downloads weights"):
+        get_model("timm/resnet18:pretrained=True")
+    with pytest.raises(InputError, match="input_size takes N or HxW"):
+        get_model("timm/resnet18:input_size=64x")
+    with pytest.raises(InputError, match=r"resize \(32\) must be >= the crop size 64x64"):
+        get_model("resnet18:input_size=64,resize=32")
+
+
+def test_bn_folding_keeps_timm_activations(trained, cifar_dir):
+    """timm's BatchNormAct2d is BN + activation in one module: folding its BN into the conv keeps
+    the activation, so the folded model computes what the float one does."""
+    from timm.layers import BatchNormAct2d
+
+    from edgekit.quant.prepare import fold_batchnorm
+
+    loaded = edgekit.load_model(trained)
+    model = loaded.module.eval()
+    acts = sum(isinstance(m, BatchNormAct2d) for m in model.modules())
+    folded_model = copy.deepcopy(model)
+    folded = fold_batchnorm(folded_model)
+    assert len(folded) >= acts > 0, (len(folded), acts)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded_model.modules())
+    x = _images(cifar_dir, loaded.card)
+    with torch.no_grad():
+        torch.testing.assert_close(folded_model(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_pruned_timm_checkpoint_reloads_the_same_model(trained, cifar_dir, tmp_path):
+    """A pruned checkpoint is arch + state_dict: reloading rebuilds each layer at its stored width
+    in its own class (a plain BatchNorm2d in place of timm's BatchNormAct2d dropped the
+    activation, and every output with it)."""
+    from edgekit.models import save_model
+    from edgekit.pruning import prune_channels
+
+    loaded = edgekit.load_model(trained)
+    pruned = prune_channels(loaded.module, loaded.card.input_size, 0.4).model.eval()
+    assert pruned.bn1.num_features < loaded.module.bn1.num_features
+    save_model(pruned, loaded.card, tmp_path / "pruned.pt")
+    again = edgekit.load_model(tmp_path / "pruned.pt").module
+    assert type(again.bn1) is type(pruned.bn1) and again.bn1.num_features == pruned.bn1.num_features
+    x = _images(cifar_dir, loaded.card)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), pruned(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_timm_qat_deploys_and_verifies(trained, cifar_dir, tmp_path, runtime):
+    """INT8 QAT of a timm model exports (the QDQ rewrite finds every quantized conv: folded BNs no
+    longer rename their weights) and agrees with torch on real images, in the residual form of
+    the runtime it is quantized for; the quantized checkpoint reloads to the same model. (In
+    ONNX Runtime's form OpenVINO agreed on 96.3% of the images here, in its own 96.3-99.0%.)"""
+    from edgekit.train import evaluate_top1
+    from edgekit.verify import Tolerance
+
+    cfg = TrainConfig(epochs=1, batch_size=64, lr=0.001, weight_decay=0.0, train_limit=1024, eval_limit=300)
+    res = edgekit.quantize(trained, data=cifar_dir, out=tmp_path / "q", mode="qat", config=cfg,
+                           calibration_images=128, limit=300, backends=("torch", runtime), progress=False,
+                           timing=TimingConfig(warmup=1, iters=5, passes=1, throughput_iters=1),
+                           # a few QAT steps from a 40% model leave many low-margin images: over
+                           # runs OpenVINO agreed on 96.3-99.0% of them in its form, ONNX Runtime on 100%
+                           tolerance=Tolerance(min_agreement={"quantized": 0.95}))
+    rows = {r.backend: r for r in res.rows}
+    for name in ("torch", runtime):
+        assert rows[name].status == "ok", (name, rows[name].details.get("reason"), rows[name].agreement)
+    assert res.final_top1 > 20, res.final_top1
+    again = edgekit.load_model(tmp_path / "q" / "model.pt")
+    split = load_dataset(cifar_dir, input_size=again.card.input_size, resize=again.card.resize).evaluation(300)
+    assert evaluate_top1(again.module, split, again.card)[0] == pytest.approx(res.final_top1, abs=1e-6)
