@@ -410,3 +410,33 @@ def test_relu6_model_runs_in_integer_kernels(cifar_dir, tmp_path, unsigned):
         twin = q(x).numpy()
     err_ort, err_twin = np.abs(out_ort - ref).mean(), np.abs(out_ort - twin).mean()
     assert err_twin < err_ort / 5, (err_twin, err_ort)
+
+
+def test_onnxruntime_form_rounds_conv_outputs_that_a_float_op_consumes():
+    """ONNX Runtime runs a conv as QLinearConv only when its output is quantized: in its form a
+    conv feeding HardSwish gets an output quantizer (a conv feeding ReLU does not need one: the
+    quantizer after the ReLU serves); OpenVINO's and TensorRT's forms are left as they were."""
+    from edgekit.quant import plan, prepare
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2, self.c3 = (torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 8, 3),
+                                         torch.nn.Conv2d(8, 8, 3))
+            self.act, self.relu = torch.nn.Hardswish(), torch.nn.ReLU()
+            self.fc = torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            x = self.relu(self.c2(self.act(self.c1(x))))
+            return self.fc(self.c3(x).mean((2, 3)))
+
+    net = Net().eval()
+
+    def tensors(**form):
+        return prepare(copy.deepcopy(net), plan(net, 8), **form).edgekit_quant["tensors"]
+
+    ort = tensors(unsigned=True, residual="rounded")
+    assert "c1" in ort and "c2" not in ort and "c3" in ort, ort  # c3 -> mean: a float op
+    for form in (dict(unsigned=True, residual="fused"), dict(unsigned=False, residual="rounded")):
+        assert not {"c1", "c3"} & set(tensors(**form)), form
+    assert set(tensors(unsigned=True, residual="rounded", conv_outputs=False)) == set(ort) - {"c1", "c3"}

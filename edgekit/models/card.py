@@ -93,6 +93,13 @@ class ModelCard(BaseModel):
     def from_json(cls, text: str | bytes) -> ModelCard:
         return cls.from_dict(json.loads(text))
 
+    @property
+    def arch_spec(self) -> str | None:
+        """The arch as a user writes it, options included ("resnet18:input_size=64")."""
+        if self.arch is None or not self.arch_kwargs:
+            return self.arch
+        return self.arch + ":" + ",".join(f"{k}={v}" for k, v in self.arch_kwargs.items())
+
     def with_(self, **changes: Any) -> ModelCard:
         """A validated copy with `changes` applied (pydantic's model_copy would skip validation)."""
         return type(self).from_dict({**self.to_dict(), **changes})

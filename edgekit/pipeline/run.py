@@ -218,7 +218,7 @@ def _describe(path: Path, eval_split) -> dict:
     m = loaded.module.eval()
     info = {"model": str(path), "top1": round(evaluate_top1(m, eval_split, loaded.card)[0], 2),
             "params": count_params(m), "size_mb": round(Path(path).stat().st_size / 1e6, 3),
-            "arch": loaded.card.arch, "quantization": loaded.card.notes.get("quantization")}
+            "arch": loaded.card.arch_spec, "quantization": loaded.card.notes.get("quantization")}
     try:
         info["macs"] = count_macs(m, loaded.card.input_size)
     except Exception:  # noqa: BLE001 - MACs are informative; a model the counter cannot trace still runs

@@ -157,8 +157,11 @@ def plan(model: nn.Module, bits: int, *, keep_float: Iterable[str] = (), first_l
     bad = [f"{n} ({type(m).__name__})" for n, m in names.items() if n not in keep and (
         isinstance(m, _UNSUPPORTED) or (n in weighted and _quant_class(m) is None))]
     if bad:
-        raise InputError(f"unsupported layer for quantization: {', '.join(bad[:3])}; edgekit quantizes Conv2d "
-                         f"and Linear layers: keep it in float with --keep-float {bad[0].split(' ')[0]}")
+        names = ",".join(b.split(" ")[0] for b in bad)
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise InputError(f"unsupported layer for quantization: {', '.join(bad[:3])}{more}; edgekit quantizes "
+                         f"Conv2d and Linear layers that compute exactly that: keep these in float with "
+                         f"--keep-float {names}")
     layers = [n for n in _weight_layers(model) if n not in keep]
     if not layers:
         raise InputError("the model has no Conv2d or Linear layer to quantize")
@@ -233,13 +236,24 @@ def _fused_into_add(node: fx.Node, mods: dict[str, nn.Module]) -> bool:
             and _is_add(next(iter(node.users))))
 
 
+def _feeds_float_op(node: fx.Node, mods: dict[str, nn.Module]) -> bool:
+    """Is this an INT8 convolution's output that an op other than a ReLU-like one consumes
+    (HardSwish, SiLU, a squeeze-excite gate)? ONNX Runtime runs such a conv as QLinearConv only
+    when its output is quantized; otherwise it dequantizes the weights and convolves in float."""
+    m = mods.get(node.target) if node.op == "call_module" else None
+    return (isinstance(m, QuantConv2d) and m.w_bits == 8 and bool(node.users)
+            and all(u.op != "output" for u in node.users)
+            and any(_clip_bounds(u, mods) is None for u in node.users))
+
+
 def _quantize_tensors(gm: fx.GraphModule, layers: set[str], act_bits: int,
                       tensors: list[str] | None, unsigned: bool | list[str],
-                      fused_residual: bool = False) -> tuple[list[str], list[str]]:
+                      fused_residual: bool = False, conv_outputs: bool = False) -> tuple[list[str], list[str]]:
     """Insert one ActQuant per chosen tensor, used by its quantized consumers. `tensors` replays
     a stored choice (by node name); None chooses: inputs of quantized layers and of adds
     (`fused_residual`: not an INT8 conv output that only a residual add consumes, as OpenVINO
-    executes it, see `_fused_into_add`). `unsigned`: True quantizes the non-negative ones
+    executes it, see `_fused_into_add`), and with `conv_outputs` also INT8 conv outputs that a
+    float op consumes (`_feeds_float_op`). `unsigned`: True quantizes the non-negative ones
     unsigned; a list replays a stored choice. Returns (tensors, unsigned tensors)."""
     def consumers(node: fx.Node) -> list[fx.Node]:
         return [u for u in node.users
@@ -248,9 +262,13 @@ def _quantize_tensors(gm: fx.GraphModule, layers: set[str], act_bits: int,
 
     nodes = {n.name: n for n in gm.graph.nodes}
     mods = dict(gm.named_modules())
+    rounded_out: set[str] = set()
     if tensors is None:
         chosen = [n for n in gm.graph.nodes if n.op not in ("output", "get_attr") and consumers(n)
                   and not (fused_residual and _fused_into_add(n, mods))]
+        if conv_outputs:
+            rounded_out = {n.name for n in gm.graph.nodes if n not in chosen and _feeds_float_op(n, mods)}
+            chosen = [n for n in gm.graph.nodes if n in chosen or n.name in rounded_out]
     else:
         missing = [t for t in tensors if t not in nodes]
         if missing:
@@ -260,7 +278,8 @@ def _quantize_tensors(gm: fx.GraphModule, layers: set[str], act_bits: int,
     if isinstance(unsigned, bool):
         unsigned = [n.name for n in chosen if _non_negative(n, mods)] if unsigned else []
     for node in chosen:
-        users = consumers(node)
+        # a conv output rounded for the integer kernel: every consumer sees the rounded tensor
+        users = list(node.users) if node.name in rounded_out else consumers(node)
         name = f"aq_{node.name}"
         bounds = _clip_bounds(node, mods)
         cap = bounds[1] if node.name in unsigned and bounds and math.isfinite(bounds[1]) else None
@@ -300,12 +319,14 @@ def link_bias_grid(gm: fx.GraphModule) -> None:
 
 def prepare(model: nn.Module, weights: dict[str, int], *, act_bits: int = 8, label: str = "int8",
             tensors: list[str] | None = None, unsigned: bool | list[str] = False,
-            int_bias: bool = True, residual: str = "rounded") -> fx.GraphModule:
+            int_bias: bool = True, residual: str = "rounded", conv_outputs: bool | None = None) -> fx.GraphModule:
     """Fold BN, swap the planned layers for fake-quant ones, quantize their input tensors (and
     residual adds'). The caller calibrates. `model` itself is modified (BN folded).
     `unsigned=True`: non-negative tensors on the unsigned grid (not for TensorRT).
     `int_bias`: biases on the INT32 grid the integer kernels add (see fakequant.py).
-    `residual`: "fused" for OpenVINO (see QuantSpec.residual)."""
+    `residual`: "fused" for OpenVINO (see QuantSpec.residual); "rounded" with `unsigned=True` is
+    ONNX Runtime's form, which also quantizes INT8 conv outputs that a float op consumes
+    (`conv_outputs`: None follows the form; True / False forces it, to compare)."""
     folded = fold_batchnorm(model)
     gm = _trace(model)
     _drop_identities(gm)
@@ -318,7 +339,12 @@ def prepare(model: nn.Module, weights: dict[str, int], *, act_bits: int = 8, lab
         gm.set_submodule(name, cls.from_float(layer, b))
     if residual not in ("rounded", "fused"):
         raise InputError(f"residual form {residual!r} is not supported: use rounded or fused")
-    chosen, uns = _quantize_tensors(gm, set(weights), act_bits, tensors, unsigned, residual == "fused")
+    # ONNX Runtime's form (the only runtime taking rounded residuals on an unsigned grid) also
+    # rounds conv outputs that a float op consumes, so those convs run in integer kernels
+    if conv_outputs is None:
+        conv_outputs = residual == "rounded" and unsigned is True
+    chosen, uns = _quantize_tensors(gm, set(weights), act_bits, tensors, unsigned, residual == "fused",
+                                    conv_outputs=conv_outputs)
     if int_bias:
         link_bias_grid(gm)
     spec = QuantSpec(weights=dict(weights), act_bits=act_bits, tensors=chosen, unsigned=uns, folded_bn=folded,
