@@ -21,8 +21,9 @@ app.add_typer(profiles_app, name="profiles")
 out_console = Console(width=None if sys.stdout.isatty() else 180)
 
 # Shared options, declared once.
-ARCH = typer.Option(None, "--arch", help="Architecture for a weights-only file, e.g. cifar_resnet20 "
-                    "or cifar_mobilenet_v2:width=0.5 (see `edgekit models`).")
+ARCH = typer.Option(None, "--arch", help="Architecture for a weights-only file, e.g. cifar_resnet20, "
+                    "cifar_mobilenet_v2:width=0.5, timm/mobilenetv3_small_100 or resnet18:input_size=64 "
+                    "(see `edgekit models`).")
 NUM_CLASSES = typer.Option(None, "--num-classes", help="Output classes (default: from the weights).")
 TRUST = typer.Option(False, "--trust-pickle", help="Allow loading a fully pickled model "
                      "(can execute code: only for files you trust).")
@@ -31,8 +32,8 @@ DATA = typer.Option(..., "--data", help="ImageFolder directory (class per sub-fo
 LIMIT = typer.Option(1000, "--limit", help="Evaluation images (seeded subset; 0 = all).")
 SEED = typer.Option(0, "--seed", help="Seed for the image subsets.")
 RESUME = typer.Option(False, "--resume", help="Continue an interrupted run in --out from its last checkpoint.")
-MODEL = typer.Argument(..., help="Model file (.pt/.pth/.th state_dict or checkpoint, .pt2, "
-                       "TorchScript) or a zoo name for a randomly initialised model.")
+MODEL = typer.Argument(..., help="Model file (.pt/.pth/.th state_dict or checkpoint, .safetensors, "
+                       ".pt2, TorchScript) or a zoo name for a randomly initialised model.")
 
 
 def _limit(n: int) -> Optional[int]:

@@ -135,3 +135,25 @@ def test_a_conv_with_its_own_forward_is_refused_by_name():
     assert card.arch_spec == "timm/tf_mobilenetv3_small_minimal_100:input_size=64"
     with pytest.raises(InputError, match=r"conv_stem \(Conv2dSame\).*--keep-float conv_stem"):
         plan(module, 8)
+
+
+def test_safetensors_weights_load_with_arch(tmp_path, monkeypatch, capsys):
+    """timm's weights come as model.safetensors: read with --arch (tensors only, nothing runs);
+    without --arch, or cut short, one error line and exit 2."""
+    from safetensors.torch import save_file
+    from test_cli import _assert_clean_error, run_inprocess
+
+    module, _ = get_model("timm/resnet10t", num_classes=5)
+    save_file(module.state_dict(), str(tmp_path / "model.safetensors"))
+    loaded = edgekit.load_model(tmp_path / "model.safetensors", arch="timm/resnet10t:input_size=64")
+    assert loaded.card.num_classes == 5 and loaded.card.input_size == (3, 64, 64)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded.module(x), module.eval()(x))
+    code, _, err = run_inprocess(monkeypatch, capsys, "eval", str(tmp_path / "model.safetensors"), "--data", "digits")
+    _assert_clean_error(code, err, "holds weights only; pass --arch")
+    data = (tmp_path / "model.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    code, _, err = run_inprocess(monkeypatch, capsys, "eval", str(tmp_path / "cut.safetensors"),
+                                 "--arch", "timm/resnet10t", "--data", "digits")
+    _assert_clean_error(code, err, "cannot read model file")

@@ -1,9 +1,9 @@
 """Load the model files users actually have, safely, and save models together with their card.
 
 Accepted: a zoo name (random init), torch.export archives (.pt2), TorchScript archives, edgekit
-checkpoints, bare state_dicts and training checkpoints holding one (with `arch`), and, only with
-`trust_pickle=True`, pickled whole modules. Files are recognised by content, not by suffix, and
-every failure is one ModelLoadError line that says what to do.
+checkpoints, bare state_dicts and training checkpoints holding one, and safetensors files (both
+with `arch`), and, only with `trust_pickle=True`, pickled whole modules. Files are recognised by
+content, not by suffix, and every failure is one ModelLoadError line that says what to do.
 """
 
 from __future__ import annotations
@@ -94,7 +94,8 @@ def _names_zoo_arch(text: str) -> bool:
 
 
 def _sniff(path: Path) -> str:
-    """Which loader a file needs: "export", "torchscript" or "pickle" (torch.save, either format)."""
+    """Which loader a file needs: "export", "torchscript", "pickle" (torch.save, either format) or
+    "safetensors"."""
     with open(path, "rb") as fh:
         head = fh.read(4)
     if not head:
@@ -114,6 +115,8 @@ def _sniff(path: Path) -> str:
         raise ModelLoadError(f"cannot read model file {path}: a zip archive that is not a PyTorch model")
     if head[:1] == b"\x80":  # pickle PROTO opcode: legacy torch.save (e.g. the shared .th files)
         return "pickle"
+    if _is_safetensors(path):
+        return "safetensors"
     raise ModelLoadError(f"cannot read model file {path}: not a PyTorch file (unrecognised header)")
 
 
@@ -291,6 +294,31 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
         raise ModelLoadError(f"cannot read model file {path}: {_short(exc)}") from None
 
 
+def _is_safetensors(path: Path) -> bool:
+    """safetensors: a little-endian u64 header length, then that many bytes of JSON."""
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 2 <= int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
+
+
+def _load_safetensors(
+    path: Path, *, arch: str | None, num_classes: int | None, **_: Any
+) -> tuple[nn.Module, ModelCard]:
+    """Weights only (the format cannot hold code: the Hugging Face hub's timm files are these)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read model file {path}: {_short(exc)}") from None
+    if not state:
+        raise ModelLoadError(f"{path} holds no tensors")
+    return _from_object(state, path, arch=arch, num_classes=num_classes)
+
+
 def _is_state_dict(obj: Any) -> bool:
     return isinstance(obj, Mapping) and bool(obj) and all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
@@ -441,6 +469,7 @@ _LOADERS: dict[str, Loader] = {
     "export": _load_export,
     "torchscript": _load_torchscript,
     "pickle": _load_pickle,
+    "safetensors": _load_safetensors,
 }
 
 
