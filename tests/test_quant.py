@@ -440,3 +440,15 @@ def test_onnxruntime_form_rounds_conv_outputs_that_a_float_op_consumes():
     for form in (dict(unsigned=True, residual="fused"), dict(unsigned=False, residual="rounded")):
         assert not {"c1", "c3"} & set(tensors(**form)), form
     assert set(tensors(unsigned=True, residual="rounded", conv_outputs=False)) == set(ort) - {"c1", "c3"}
+    # the checkpoint's spec rebuilds the same model: HardSwish reads the rounded conv output there too
+    from edgekit.quant import calibrate
+    from edgekit.quant.prepare import rebuild
+
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 12, 12)
+    q = prepare(copy.deepcopy(net), plan(net, 8), unsigned=True, residual="rounded")
+    calibrate(q, [x])
+    again = rebuild(copy.deepcopy(net), q.edgekit_quant)
+    again.load_state_dict(q.state_dict())
+    with torch.no_grad():
+        assert torch.equal(again.eval()(x), q.eval()(x))

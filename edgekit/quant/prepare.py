@@ -56,6 +56,9 @@ class QuantSpec(BaseModel):
     #: OpenVINO's CPU plugin executes them (`_fused_into_add`); "rounded": they are, as ONNX
     #: Runtime (QLinearConv -> QLinearAdd) and TensorRT execute them
     residual: Literal["rounded", "fused"] = "rounded"
+    #: INT8 conv outputs that a float op consumes are quantized, for all their consumers (ONNX
+    #: Runtime's form: `_feeds_float_op`); False for checkpoints written before it
+    conv_outputs: bool = False
 
 
 class _Leaves(fx.Tracer):
@@ -262,23 +265,23 @@ def _quantize_tensors(gm: fx.GraphModule, layers: set[str], act_bits: int,
 
     nodes = {n.name: n for n in gm.graph.nodes}
     mods = dict(gm.named_modules())
-    rounded_out: set[str] = set()
     if tensors is None:
         chosen = [n for n in gm.graph.nodes if n.op not in ("output", "get_attr") and consumers(n)
                   and not (fused_residual and _fused_into_add(n, mods))]
         if conv_outputs:
-            rounded_out = {n.name for n in gm.graph.nodes if n not in chosen and _feeds_float_op(n, mods)}
-            chosen = [n for n in gm.graph.nodes if n in chosen or n.name in rounded_out]
+            chosen = [n for n in gm.graph.nodes if n in chosen or _feeds_float_op(n, mods)]
     else:
         missing = [t for t in tensors if t not in nodes]
         if missing:
             raise InputError(f"the quantized checkpoint does not match this model's graph (no tensor "
                              f"{missing[0]!r}): was it saved by another edgekit or model version?")
         chosen = [nodes[t] for t in tensors]
+    # a conv output rounded for the integer kernel: every consumer sees the rounded tensor (a
+    # stored choice replays this too: the float op must read what it read in training)
+    rounded_out = {n.name for n in chosen if conv_outputs and _feeds_float_op(n, mods)}
     if isinstance(unsigned, bool):
         unsigned = [n.name for n in chosen if _non_negative(n, mods)] if unsigned else []
     for node in chosen:
-        # a conv output rounded for the integer kernel: every consumer sees the rounded tensor
         users = list(node.users) if node.name in rounded_out else consumers(node)
         name = f"aq_{node.name}"
         bounds = _clip_bounds(node, mods)
@@ -348,7 +351,7 @@ def prepare(model: nn.Module, weights: dict[str, int], *, act_bits: int = 8, lab
     if int_bias:
         link_bias_grid(gm)
     spec = QuantSpec(weights=dict(weights), act_bits=act_bits, tensors=chosen, unsigned=uns, folded_bn=folded,
-                     label=label, int_bias=int_bias, residual=residual)
+                     label=label, int_bias=int_bias, residual=residual, conv_outputs=conv_outputs)
     setattr(gm, SPEC_ATTR, spec.model_dump())
     return gm
 
@@ -358,7 +361,7 @@ def rebuild(model: nn.Module, spec: dict) -> fx.GraphModule:
     state_dict afterwards)."""
     s = QuantSpec.model_validate(spec)
     return prepare(model, s.weights, act_bits=s.act_bits, label=s.label, tensors=s.tensors, unsigned=s.unsigned,
-                   int_bias=s.int_bias, residual=s.residual)
+                   int_bias=s.int_bias, residual=s.residual, conv_outputs=s.conv_outputs)
 
 
 def spec_of(model: nn.Module) -> QuantSpec | None:
