@@ -97,7 +97,7 @@ def _sniff(path: Path) -> str:
     """Which loader a file needs: "export", "torchscript", "pickle" (torch.save, either format) or
     "safetensors"."""
     with open(path, "rb") as fh:
-        head = fh.read(4)
+        head = fh.read(9)
     if not head:
         raise ModelLoadError(f"cannot read model file {path}: the file is empty")
     if head.startswith(b"PK"):
@@ -115,7 +115,7 @@ def _sniff(path: Path) -> str:
         raise ModelLoadError(f"cannot read model file {path}: a zip archive that is not a PyTorch model")
     if head[:1] == b"\x80":  # pickle PROTO opcode: legacy torch.save (e.g. the shared .th files)
         return "pickle"
-    if _is_safetensors(path):
+    if _is_safetensors(head, path):
         return "safetensors"
     raise ModelLoadError(f"cannot read model file {path}: not a PyTorch file (unrecognised header)")
 
@@ -294,10 +294,8 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
         raise ModelLoadError(f"cannot read model file {path}: {_short(exc)}") from None
 
 
-def _is_safetensors(path: Path) -> bool:
+def _is_safetensors(head: bytes, path: Path) -> bool:
     """safetensors: a little-endian u64 header length, then that many bytes of JSON."""
-    with open(path, "rb") as fh:
-        head = fh.read(9)
     if len(head) < 9 or head[8:9] != b"{":
         return False
     return 2 <= int.from_bytes(head[:8], "little") <= path.stat().st_size - 8

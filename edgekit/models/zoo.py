@@ -338,7 +338,7 @@ def get_model(arch: str, *, num_classes: int | None = None, **options: Any) -> t
         InputError: unknown arch (with close names), unknown or invalid option.
     """
     name, spec, options, num_classes = _arch(arch, num_classes, options)
-    built_with = {k: v for k, v in options.items() if k not in _card_options(spec, options)}
+    built_with, _ = _split_options(spec, options)
     try:
         module = spec.builder(num_classes=num_classes, **built_with)
     except TypeError as exc:
@@ -387,13 +387,14 @@ def _arch(arch: str, num_classes: int | None, options: dict[str, Any]) -> tuple[
     return name, spec, options, num_classes
 
 
-def _card_options(spec: ArchSpec, options: dict[str, Any]) -> dict[str, Any]:
-    return {k: options[k] for k in CARD_OPTIONS if k in options and k not in spec.builder_options}
+def _split_options(spec: ArchSpec, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the builder's options, the card's): CARD_OPTIONS go to the card unless the builder takes them."""
+    card = {k: options[k] for k in CARD_OPTIONS if k in options and k not in spec.builder_options}
+    return {k: v for k, v in options.items() if k not in card}, card
 
 
 def _card(spec: ArchSpec, num_classes: int, options: dict[str, Any]) -> ModelCard:
-    card_options = _card_options(spec, options)
-    built_with = {k: v for k, v in options.items() if k not in card_options}
+    built_with, card_options = _split_options(spec, options)
     try:
         card = _with_card_options(spec.default_card(num_classes, **built_with), card_options)
     except (TypeError, ValueError) as exc:
