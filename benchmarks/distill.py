@@ -6,6 +6,12 @@ Resumable: every phase is a training run folder under benchmarks/work/distill/ a
 the script continues where it stopped. Writes benchmarks/results/distill.{json,md}.
 
     python benchmarks/distill.py [--teacher-epochs 3] [--student-epochs 10] [--width 0.5] [--throughput-only]
+        [--loss dkd --beta 8 --kd-warmup 5] [--teacher-bf16] [--labels-only-record JSON] [--kd-record JSON]
+
+--labels-only-record takes a committed labels-only run's summary (distill_labels_only_*_summary.json)
+instead of training it again: it is used only if its training config equals this run's and its
+student started from the same accuracy (the same initial weights). --kd-record adds a committed
+Hinton-KD run as a row beside a --loss dkd run.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import json
 import os
 import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +52,32 @@ def _timed(fn):
     return out, time.perf_counter() - t0
 
 
-def throughput(student: str, teacher_card, n: int = 2560, batch: int = 128, rounds: int = 3) -> dict:
+def teacher_speed(teacher, split, card, batch: int, rounds: int) -> dict:
+    """The teacher's forward as distillation runs it (eval, no grad, NHWC), in float32 and in
+    bfloat16 autocast (--teacher-bf16), and how far bf16 moves its T=4 soft targets."""
+    from edgekit.stages.distill import DistillObjective
+
+    x = torch.cat([xb for xb, _ in split.batches(batch, mean=card.mean, std=card.std)])
+    x = x.contiguous(memory_format=torch.channels_last)
+    teacher = teacher.eval().to(memory_format=torch.channels_last)
+    speeds: dict[bool, list[float]] = {False: [], True: []}
+    logits = {}
+    for _ in range(rounds):
+        for bf16 in (False, True):
+            obj = DistillObjective(torch.nn.Identity(), teacher, teacher_bf16=bf16)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                logits[bf16] = torch.cat([obj._run_teacher(x[i:i + batch]) for i in range(0, len(x), batch)])
+            speeds[bf16].append(len(x) / (time.perf_counter() - t0))
+    kl = F.kl_div(F.log_softmax(logits[True] / 4, 1), F.softmax(logits[False] / 4, 1), reduction="batchmean")
+    return {"teacher_fp32_img_s": round(statistics.median(speeds[False]), 1),
+            "teacher_bf16_img_s": round(statistics.median(speeds[True]), 1),
+            "teacher_bf16_kl_t4": float(f"{kl.item():.2e}"),
+            "teacher_bf16_argmax_agreement": round(float((logits[True].argmax(1) == logits[False].argmax(1)).float().mean()), 4)}
+
+
+def throughput(student: str, teacher_card, n: int = 2560, batch: int = 128, rounds: int = 3,
+               teacher=None) -> dict:
     """Engine (augmentation, metrics, checkpoint) vs a bare loop, same model/batch/images/memory
     layout, for both layouts: the overhead is engine vs bare in the same layout, and the engine's
     NHWC (TrainConfig.channels_last) vs NCHW is the layout's own gain."""
@@ -81,7 +113,8 @@ def throughput(student: str, teacher_card, n: int = 2560, batch: int = 128, roun
             speeds.setdefault(f"bare_{cl}", []).append(n / (time.perf_counter() - t0))
     med = {k: statistics.median(v) for k, v in speeds.items()}
     e, b = med["engine_True"], med["bare_True"]
-    return {"engine_img_s": round(e, 1), "bare_img_s": round(b, 1), "overhead_pct": round(100 * (1 - e / b), 1),
+    return {**(teacher_speed(teacher, split, teacher_card, batch, rounds) if teacher is not None else {}),
+            "engine_img_s": round(e, 1), "bare_img_s": round(b, 1), "overhead_pct": round(100 * (1 - e / b), 1),
             "engine_nchw_img_s": round(med["engine_False"], 1), "bare_nchw_img_s": round(med["bare_False"], 1),
             "overhead_nchw_pct": round(100 * (1 - med["engine_False"] / med["bare_False"]), 1),
             "channels_last_speedup": round(e / med["engine_False"], 2),
@@ -94,7 +127,13 @@ def main() -> None:
     ap.add_argument("--student-epochs", type=int, default=10)
     ap.add_argument("--width", type=float, default=0.5)
     ap.add_argument("--temperature", type=float, default=4.0)
-    ap.add_argument("--alpha", type=float, default=0.9)
+    ap.add_argument("--alpha", type=float, default=None, help="kd: KD weight (0.9); dkd: TCKD weight (1.0)")
+    ap.add_argument("--loss", choices=("kd", "dkd"), default="kd")
+    ap.add_argument("--beta", type=float, default=8.0, help="dkd: NCKD weight")
+    ap.add_argument("--kd-warmup", type=float, default=0.0, help="dkd: epochs over which the KD terms ramp up")
+    ap.add_argument("--teacher-bf16", action="store_true", help="run the teacher in bfloat16 autocast")
+    ap.add_argument("--labels-only-record", type=Path, default=None)
+    ap.add_argument("--kd-record", type=Path, default=None)
     ap.add_argument("--throughput-only", action="store_true",
                     help="only the engine-vs-bare-loop timing (both layouts), a few minutes; "
                          "writes distill_throughput.{json,md}")
@@ -108,31 +147,48 @@ def main() -> None:
     (teacher, t_sec) = _timed(lambda: finetune(weights(56), arch="cifar_resnet56", data=CIFAR,
                                                out=work / "teacher", config=t_cfg, resume=True))
     s_cfg = TrainConfig(epochs=args.student_epochs, batch_size=128, lr=0.05, warmup_epochs=1, seed=0)
+    kd_name = "KD" if args.loss == "kd" else f"DKD (beta {args.beta:g})"
+    kd_dir = "KD" if args.loss == "kd" else f"DKD_b{args.beta:g}_wu{args.kd_warmup:g}"
     runs = {}
     # KD first: it is the run the targets are about; the folder names carry the schedule so a
     # longer re-run never resumes from a shorter run's checkpoints.
-    for name, alpha in (("KD", args.alpha), ("labels only", 0.0)):
-        runs[name] = _timed(lambda a=alpha, n=name: distill(
-            teacher.best_path, student=student, data=CIFAR,
-            out=work / f"{n.replace(' ', '_')}_w{args.width}_e{args.student_epochs}",
-            temperature=args.temperature, alpha=a, config=s_cfg, resume=True))
+    runs[kd_name] = _timed(lambda: distill(
+        teacher.best_path, student=student, data=CIFAR, out=work / f"{kd_dir}_w{args.width}_e{args.student_epochs}",
+        temperature=args.temperature, alpha=args.alpha, loss=args.loss, beta=args.beta,
+        kd_warmup_epochs=args.kd_warmup, teacher_bf16=args.teacher_bf16, config=s_cfg, resume=True))
+    kd_res = runs[kd_name][0]
+    # the per-epoch record, committed so a later run can be compared with (or reuse) this one
+    summary = json.loads((kd_res.run_dir / "summary.json").read_text())
+    atomic_write_json(RESULTS / f"distill_{kd_dir}_w{args.width}_e{args.student_epochs}_summary.json", summary)
     rows = [{**_row("ResNet-56 (shared weights, fine-tuned)", teacher.best_path, teacher, t_sec,
                     args.teacher_epochs), "role": "teacher"}]
-    for name in ("labels only", "KD"):
-        res, sec = runs[name]
-        rows.append({**_row(f"MobileNetV2-32 x{args.width} {name}", res.best_path, res, sec,
-                            args.student_epochs), "role": "student"})
-    tp = throughput(student, edgekit.load_model(teacher.best_path).card)
+    if args.labels_only_record:
+        lo_row = _record_row(args.labels_only_record, f"MobileNetV2-32 x{args.width} labels only", student,
+                             s_cfg, kd_res.initial_top1, alpha=0.0)
+    else:
+        res, sec = _timed(lambda: distill(
+            teacher.best_path, student=student, data=CIFAR, out=work / f"labels_only_w{args.width}_e{args.student_epochs}",
+            temperature=args.temperature, alpha=0.0, config=s_cfg, resume=True))
+        lo_row = _row(f"MobileNetV2-32 x{args.width} labels only", res.best_path, res, sec, args.student_epochs)
+    rows.append({**lo_row, "role": "student"})
+    if args.kd_record:
+        rows.append({**_record_row(args.kd_record, f"MobileNetV2-32 x{args.width} KD (Hinton, committed run)",
+                                   student, s_cfg, kd_res.initial_top1), "role": "student"})
+    res, sec = runs[kd_name]
+    rows.append({**_row(f"MobileNetV2-32 x{args.width} {kd_name}", res.best_path, res, sec,
+                        args.student_epochs), "role": "student", "objective": res.extra.get("objective")})
+    t_loaded = edgekit.load_model(teacher.best_path)
+    tp = throughput(student, t_loaded.card, teacher=t_loaded.module)
     # students are judged by their final epoch: "best" is picked on the same test images it reports
-    kd, lo, t = rows[2]["final_top1"], rows[1]["final_top1"], rows[0]["top1"]
+    kd, lo, t = rows[-1]["final_top1"], rows[1]["final_top1"], rows[0]["top1"]
     checks = {"kd_minus_labels_only": round(kd - lo, 2), "teacher_minus_kd": round(t - kd, 2),
               "kd_beats_labels_by_1pt": kd - lo >= 1.0, "kd_within_1pt_of_teacher": t - kd <= 1.0,
               "engine_overhead_under_10pct": tp["overhead_pct"] < 10,
               # the issue's "well under half the teacher's MACs", read as at most a third
-              "student_macs_vs_teacher": round(rows[2]["macs"] / rows[0]["macs"], 3),
-              "student_macs_well_under_half": rows[2]["macs"] <= rows[0]["macs"] / 3}
+              "student_macs_vs_teacher": round(rows[-1]["macs"] / rows[0]["macs"], 3),
+              "student_macs_well_under_half": rows[-1]["macs"] <= rows[0]["macs"] / 3}
     env = environment(teacher_config=t_cfg.model_dump(), student_config=s_cfg.model_dump(),
-                      temperature=args.temperature, alpha=args.alpha, threads=torch.get_num_threads())
+                      objective=kd_res.extra.get("objective"), threads=torch.get_num_threads())
     atomic_write_json(RESULTS / "distill.json", {"rows": rows, "throughput": tp, "checks": checks,
                                                 "environment": env})
     md = ["# Distillation benchmark (CIFAR-10 JPEG copy: 50k train, 10k test, top-1 on test)", "",
@@ -140,17 +196,25 @@ def main() -> None:
           "|---|---|---|---|---|---|---|---|---|"]
     md += [f"| {r['model']} | {r['role']} | {r['top1']:.2f} | {r['final_top1']:.2f} | {r['start_top1']:.2f} | "
            f"{r['params']:,} | {r['macs'] / 1e6:.1f}M | {r['epochs']} | {r['wall_min']} |" for r in rows]
-    md += ["", f"Final epochs: KD - labels only: {checks['kd_minus_labels_only']:+.2f} points (target >= +1); "
-           f"teacher - KD: {checks['teacher_minus_kd']:.2f} points (target <= 1); student MACs "
+    md += ["", f"Final epochs: {kd_name} - labels only: {checks['kd_minus_labels_only']:+.2f} points (target >= +1); "
+           f"teacher - {kd_name}: {checks['teacher_minus_kd']:.2f} points (target <= 1); student MACs "
            f"{checks['student_macs_vs_teacher']:.0%} of the teacher's (target: well under half).", "",
            f"Training throughput, {tp['images']} images, batch {tp['batch']}, median of {tp['rounds']}: "
            f"engine {tp['engine_img_s']} img/s, bare loop {tp['bare_img_s']} img/s, overhead "
            f"{tp['overhead_pct']}% (target < 10%), both in the NHWC layout the engine uses by default; NCHW: engine "
            f"{tp['engine_nchw_img_s']} img/s, bare {tp['bare_nchw_img_s']} img/s, overhead {tp['overhead_nchw_pct']}%. "
            f"NHWC trains {tp['channels_last_speedup']}x as fast as NCHW here.", "",
-           f"Students: {_init_note(rows[1], rows[2])}, same data order, augmentation (crop+flip), SGD lr {s_cfg.lr} cosine with "
-           f"{s_cfg.warmup_epochs} warm-up epoch; KD T={args.temperature}, alpha={args.alpha}. "
+           f"Teacher forward as distillation runs it (eval, NHWC, batch {tp['batch']}, same images, median of "
+           f"{tp['rounds']}): float32 {tp['teacher_fp32_img_s']} img/s, bfloat16 autocast (--teacher-bf16) "
+           f"{tp['teacher_bf16_img_s']} img/s ({tp['teacher_bf16_img_s'] / tp['teacher_fp32_img_s']:.2f}x); "
+           f"bf16 moves its T=4 soft targets by a KL of {tp['teacher_bf16_kl_t4']:.1e} and keeps "
+           f"{tp['teacher_bf16_argmax_agreement']:.2%} of its top-1 answers.", "",
+           f"Students: {_init_note(rows[1], rows[-1])}, same data order, augmentation (crop+flip), SGD lr {s_cfg.lr} cosine with "
+           f"{s_cfg.warmup_epochs} warm-up epoch; {kd_name}: {_objective_note(kd_res.extra.get('objective'))}. "
            f"Teacher: SGD lr {t_cfg.lr} cosine, {args.teacher_epochs} epochs.", "",
+           *([f"Rows from committed records (not re-trained here): {', '.join(r['model'] for r in rows if r.get('record'))}; "
+              "their config equals this run's and they started from the same accuracy.", ""]
+             if any(r.get("record") for r in rows) else []),
            f"CPU {env['cpu']['model']}, {env['threads']} torch threads, torch {env['versions']['torch']}, {env['date']}.", ""]
     atomic_write_text(RESULTS / "distill.md", "\n".join(md))
     print("\n".join(md))
@@ -172,6 +236,36 @@ def throughput_only(student: str) -> None:
           f"load average at the end {env['load_average'][0]:.2f}, {env['date']}.", ""]
     atomic_write_text(RESULTS / "distill_throughput.md", "\n".join(md))
     print("\n".join(md))
+
+
+def _record_row(path: Path, name: str, student: str, cfg: TrainConfig, initial_top1: float,
+                alpha: float | None = None) -> dict:
+    """A row from a committed run summary; refused unless it was trained exactly as this run."""
+    rec = json.loads(path.read_text())
+    diff = sorted(k for k, v in cfg.model_dump().items() if rec["config"].get(k) != v)
+    if diff or abs(rec["initial_top1"] - initial_top1) > 1e-6:
+        raise SystemExit(f"{path}: not comparable with this run (config differs in {diff or 'nothing'}; "
+                         f"start top-1 {rec['initial_top1']} vs {initial_top1})")
+    if alpha is not None and rec["objective"].get("alpha") != alpha:
+        raise SystemExit(f"{path}: alpha {rec['objective'].get('alpha')}, expected {alpha}")
+    model, card = get_model(student, num_classes=10)
+    hist = rec["history"]
+    return {"model": name, "top1": round(rec["best_top1"], 2), "final_top1": round(hist[-1]["eval_top1"], 2),
+            "start_top1": round(rec["initial_top1"], 2), "params": count_params(model),
+            "macs": count_macs(model, card.input_size), "epochs": rec["epochs"],
+            "wall_min": round(sum(h["seconds"] for h in hist) / 60, 1), "record": str(path),
+            "objective": rec["objective"]}
+
+
+def _objective_note(obj: dict | None) -> str:
+    if not obj:
+        return "?"
+    if obj.get("loss") == "dkd":
+        text = (f"CE + (alpha {obj['alpha']} TCKD + beta {obj['beta']} NCKD), T={obj['temperature']}, "
+                f"KD terms ramped over {obj['warmup_epochs']:g} epochs")
+    else:
+        text = f"T={obj['temperature']}, alpha={obj['alpha']}"
+    return text + (", teacher in bf16 autocast" if obj.get("teacher_precision") == "bf16" else "")
 
 
 def _init_note(labels_only: dict, kd: dict) -> str:

@@ -36,6 +36,8 @@ def _recipe(tmp_path: Path, body: dict) -> Path:
     ([{"stage": "quantize", "bits": 3}], "stages.0.bits"),
     ([{"stage": "quantize", "residual": "exact"}], "stages.0.residual"),
     ([{"stage": "quantize", "colour": "red"}], "stages.0.colour"),
+    ([{"stage": "distill", "loss": "dk"}], "stages.0.loss"),
+    ([{"stage": "distill", "alpha": 1.5}], "stages.0"),
     ([{"stage": "benchmark"}, {"stage": "prune"}], "stages.1"),
     ([{"stage": "quantize"}, {"stage": "prune"}], "stages.0"),
     ([], "stages"),
@@ -65,10 +67,13 @@ def test_resume_reads_an_older_recipe_with_todays_defaults(tmp_path):
     from edgekit.pipeline.recipe import Recipe
     from edgekit.pipeline.run import STATE_FILE, _load_state
 
-    rec = Recipe.model_validate({"stages": [{"stage": "prune", "target_macs": 0.5}, {"stage": "benchmark"}]})
+    rec = Recipe.model_validate({"stages": [{"stage": "prune", "target_macs": 0.5}, {"stage": "distill"},
+                                            {"stage": "benchmark"}]})
     key = {"input": "m.pt", "recipe": rec.model_dump(), "profile": "x86-avx2", "max_drop": 1.0}
     old = json.loads(json.dumps(key))
     del old["recipe"]["stages"][0]["latency_aware"]  # saved by a version without the setting
+    for k in ("loss", "beta", "kd_warmup", "teacher_bf16"):  # nor the distillation loss's
+        del old["recipe"]["stages"][1][k]
     (tmp_path / STATE_FILE).write_text(json.dumps({**old, "stages": [], "status": "running"}))
     assert _load_state(tmp_path, key, resume=True)["status"] == "running"
     old["recipe"]["stages"][0]["target_macs"] = 0.6

@@ -96,6 +96,83 @@ def test_distill_teacher_cache_without_augmentation(tmp_path, resnet20_path, cif
     assert all(not k.startswith("_teacher") for k in obj.state_dict())
 
 
+def _real_logits(resnet20_path, cifar_dir, n: int = 128):
+    """The shared ResNet-20 (teacher) and a fresh MobileNetV2 (student) on n real test images."""
+    from edgekit.data import load_dataset
+    from edgekit.models import get_model
+
+    loaded = edgekit.load_model(resnet20_path, arch="cifar_resnet20")
+    teacher, card = loaded.module.eval(), loaded.card
+    torch.manual_seed(0)
+    student, _ = get_model("cifar_mobilenet_v2:width=0.5", num_classes=10)
+    x, y = next(load_dataset(cifar_dir).evaluation(n, seed=1).batches(n, mean=card.mean, std=card.std))
+    return teacher, student, x, y
+
+
+def test_dkd_is_hinton_kd_decoupled(resnet20_path, cifar_dir):
+    """Per image, Hinton's KD equals TCKD + (1 - p_target(teacher)) * NCKD (Zhao et al. 2022, eq. 7):
+    dkd_loss with alpha 1 and that beta reproduces KD on real logits; the objective ramps its KD
+    terms over the warm-up epochs and, with no KD weight, never runs the teacher."""
+    import torch.nn.functional as F
+
+    from edgekit.stages.distill import DistillObjective, dkd_loss
+
+    teacher, student, x, y = _real_logits(resnet20_path, cifar_dir, 16)
+    with torch.no_grad():
+        t, s = teacher(x), student(x) * 3  # *3: a student with non-trivial logits
+    T = 4.0
+    for i in range(len(y)):
+        kd = F.kl_div(F.log_softmax(s[i:i + 1] / T, 1), F.softmax(t[i:i + 1] / T, 1), reduction="batchmean") * T * T
+        p_target = F.softmax(t[i] / T, 0)[y[i]].item()
+        assert dkd_loss(s[i:i + 1], t[i:i + 1], y[i:i + 1], T, 1.0, 1 - p_target).item() == pytest.approx(kd.item(), rel=1e-4)
+
+    obj = DistillObjective(student, teacher, loss="dkd", beta=2.0, warmup_epochs=4).eval()
+    assert obj.alpha == 1.0  # DKD's own default, not Hinton's 0.9
+    ce = F.cross_entropy(obj.model(x), y).item()
+    full = dkd_loss(obj.model(x), t, y, T, 1.0, 2.0).item()
+    obj.set_epoch(0)
+    assert obj(x, y, torch.arange(len(y)))[0].item() == pytest.approx(ce + full / 4, rel=1e-4)
+    obj.set_epoch(9)
+    assert obj(x, y, torch.arange(len(y)))[0].item() == pytest.approx(ce + full, rel=1e-4)
+    labels_only = DistillObjective(student, teacher, loss="dkd", alpha=0.0, beta=0.0)
+    assert not labels_only.uses_teacher
+    with pytest.raises(InputError, match="unknown distillation loss 'dk'"):
+        DistillObjective(student, teacher, loss="dk")
+
+
+def test_bf16_teacher_gives_the_same_soft_targets(resnet20_path, cifar_dir):
+    """--teacher-bf16 runs the teacher in bfloat16 autocast: its T=4 soft targets stay within a
+    small KL of float32's and the objective records the precision that ran."""
+    import torch.nn.functional as F
+
+    from edgekit.stages.distill import DistillObjective
+
+    teacher, student, x, y = _real_logits(resnet20_path, cifar_dir, 256)
+    idx = torch.arange(len(y))
+    fp32 = DistillObjective(student, teacher)._teacher_logits(x, idx)
+    obj = DistillObjective(student, teacher, teacher_bf16=True)
+    bf16 = obj._teacher_logits(x, idx)
+    assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)  # bf16 really ran
+    kl = F.kl_div(F.log_softmax(bf16 / 4, 1), F.softmax(fp32 / 4, 1), reduction="batchmean").item()
+    assert kl < 1e-3, kl
+    assert (bf16.argmax(1) == fp32.argmax(1)).float().mean() >= 0.98
+    assert obj.describe()["teacher_precision"] == "bf16" and "teacher_precision" not in DistillObjective(
+        student, teacher).describe()
+
+
+def test_dkd_with_a_bf16_teacher_trains_from_the_cli(tmp_path, resnet20_path, cifar_dir):
+    out = tmp_path / "dkd"
+    r = subprocess.run(_cli("distill", "--teacher", str(resnet20_path), "--teacher-arch", "cifar_resnet20",
+                            "--student", "cifar_mobilenet_v2:width=0.5", "--data", str(cifar_dir), "--out", str(out),
+                            "--loss", "dkd", "--beta", "2", "--kd-warmup", "2", "--teacher-bf16", "--epochs", "3", "--warmup-epochs", "1",
+                            "--batch-size", "64", "--lr", "0.05", "--train-limit", "2000", "--eval-limit", "300"),
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["objective"] | {"loss": "dkd", "beta": 2.0, "alpha": 1.0, "teacher_precision": "bf16"} == summary["objective"]
+    assert summary["history"][-1]["eval_top1"] > summary["initial_top1"] + 5, summary["history"]
+
+
 def _cli(*args: str, env: dict | None = None) -> list[str]:
     return [sys.executable, "-m", "edgekit.cli", *args]
 
@@ -163,6 +240,11 @@ def test_bad_training_input(tmp_path, resnet20_path, cifar_dir):
         distill(resnet20_path, teacher_arch="cifar_resnet20", student="cifar_mobilenet_v3_small",
                 data=cifar_dir, out=tmp_path / "y", temperature=0, progress=False,
                 config=TrainConfig(epochs=1, train_limit=64, eval_limit=64))
+    r = subprocess.run(_cli("distill", "--teacher", str(resnet20_path), "--teacher-arch", "cifar_resnet20",
+                            "--student", "cifar_mobilenet_v2", "--data", str(cifar_dir), "--out",
+                            str(tmp_path / "z"), "--loss", "dk"), capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "unknown distillation loss 'dk': use one of kd, dkd" in r.stderr and not (tmp_path / "z").exists()
 
 
 def test_fresh_weights_come_from_the_seed(cifar_dir):

@@ -83,7 +83,21 @@ class DistillStage(_Strict):
     epochs: int = Field(5, ge=1)
     lr: float = Field(0.05, gt=0)
     temperature: float = Field(4.0, gt=0)
-    alpha: float = Field(0.9, ge=0, le=1)
+    #: kd: Hinton KD; dkd: decoupled KD (CE + alpha TCKD + beta NCKD), see `edgekit distill --help`
+    loss: Literal["kd", "dkd"] = "kd"
+    #: kd: weight of the KD loss (at most 1); dkd: weight of TCKD (1.0 unless given)
+    alpha: float = Field(0.9, ge=0)
+    beta: float = Field(8.0, ge=0)
+    kd_warmup: float = Field(0.0, ge=0)
+    teacher_bf16: bool = False
+
+    @model_validator(mode="after")
+    def _alpha_fits_loss(self):
+        if self.loss == "dkd" and "alpha" not in self.model_fields_set:
+            self.alpha = 1.0  # DKD's own default; kd's 0.9 stays the field default (saved recipes compare equal)
+        if self.loss == "kd" and self.alpha > 1:
+            raise ValueError(f"alpha {self.alpha}: Hinton KD's alpha mixes KD and label loss, 0 to 1")
+        return self
 
 
 class QuantizeStage(_Strict):

@@ -113,7 +113,8 @@ def _run_stage(spec, src: _Source, folder: Path, ctx: dict) -> Path:
     if spec.stage == "distill":
         res = distill(src.path, student=ctx["student"] or spec.student, data=data, out=folder,
                       teacher_arch=src.arch, trust_pickle=src.trust_pickle, temperature=spec.temperature,
-                      alpha=spec.alpha, config=_config(recipe, spec.epochs, spec.lr, warmup_epochs=min(1.0, spec.epochs / 5)),
+                      alpha=spec.alpha, loss=spec.loss, beta=spec.beta, kd_warmup_epochs=spec.kd_warmup,
+                      teacher_bf16=spec.teacher_bf16, config=_config(recipe, spec.epochs, spec.lr, warmup_epochs=min(1.0, spec.epochs / 5)),
                       student_weights=spec.student_weights, resume=True, progress=progress)
         return res.last_path
     res = quantize(src.path, data=data, out=folder, mode=spec.mode, bits=spec.bits, arch=src.arch,

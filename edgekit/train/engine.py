@@ -50,6 +50,9 @@ class Objective(nn.Module):
     def describe(self) -> dict:
         return {"objective": type(self).__name__}
 
+    def set_epoch(self, epoch: int) -> None:
+        """Called before each epoch (0-based), for losses with their own schedule."""
+
 
 class Supervised(Objective):
     """Cross-entropy on the labels (with optional label smoothing)."""
@@ -203,6 +206,7 @@ def train(objective: Objective, card: "ModelCard", train_split: "Split", eval_sp
         initial, _ = evaluate_top1(model, eval_split, card, info, cfg.eval_batch_size)
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
+        objective.set_epoch(epoch)
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 101 + info.rank)  # dropout etc.
         gen = torch.Generator().manual_seed(cfg.seed * 7_919 + epoch * 31 + info.rank)
         order = torch.tensor(list(sampler))
