@@ -131,6 +131,23 @@ def test_more_threads_than_cores_is_flagged(tmp_path, resnet20_path, cifar_dir):
     assert "oversubscribed" in (tmp_path / "b" / "results.md").read_text()
 
 
+def test_a_benchmark_leaves_torch_threads_as_they_were(tmp_path, resnet20_path, cifar_dir):
+    """torch's thread count is process-wide: timing torch at 1 thread must not leave a later
+    training in the same process (the Python API, the test suite) on 1 thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        res = edgekit.benchmark(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "b",
+                                backends="torch", precisions="fp32", threads=1, limit=20,
+                                timing=TimingConfig(warmup=1, iters=4, passes=1, throughput_iters=1), progress=False)
+        assert res.rows[0].status == "ok" and res.rows[0].threads == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_timing_groups_runtimes_and_keeps_order(bench):
     """time_runners interleaves runners of one runtime and thread count only (alternating two
     runtimes' thread pools slowed OpenVINO 1.6x here), and only at 1 thread; it returns timings

@@ -23,10 +23,15 @@ class TorchRunner:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         import torch
 
-        if torch.get_num_threads() != self.threads:  # torch threads are process-wide
-            torch.set_num_threads(self.threads)
-        with torch.inference_mode():
-            return self.module(torch.from_numpy(x)).numpy()
+        # torch's thread count is process-wide: set it for this call only, or a 1-thread benchmark
+        # would leave later training in the same process on 1 thread (setting it costs ~0.1 us)
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            with torch.inference_mode():
+                return self.module(torch.from_numpy(x)).numpy()
+        finally:
+            torch.set_num_threads(before)
 
 
 @register_backend
