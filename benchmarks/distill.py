@@ -37,13 +37,17 @@ from edgekit.stages import distill, finetune
 from edgekit.train import Supervised, TrainConfig, train
 
 
+def _fields(name, module, input_size, best, initial, history, epochs) -> dict:
+    return {"model": name, "top1": round(best, 2), "final_top1": round(history[-1]["eval_top1"], 2),
+            "start_top1": round(initial, 2), "params": count_params(module),
+            "macs": count_macs(module, input_size), "epochs": epochs,
+            # training time from the run's own epoch records: right even when a phase was resumed
+            "wall_min": round(sum(h["seconds"] for h in history) / 60, 1)}
+
+
 def _row(name, path, res, seconds, epochs):
     loaded = edgekit.load_model(path)
-    return {"model": name, "top1": round(res.best_top1, 2), "final_top1": round(res.history[-1]["eval_top1"], 2),
-            "start_top1": round(res.initial_top1, 2), "params": count_params(loaded.module),
-            "macs": count_macs(loaded.module, loaded.card.input_size), "epochs": epochs,
-            # training time from the run's own epoch records: right even when a phase was resumed
-            "wall_min": round(sum(h["seconds"] for h in res.history) / 60, 1)}
+    return _fields(name, loaded.module, loaded.card.input_size, res.best_top1, res.initial_top1, res.history, epochs)
 
 
 def _timed(fn):
@@ -249,12 +253,8 @@ def _record_row(path: Path, name: str, student: str, cfg: TrainConfig, initial_t
     if alpha is not None and rec["objective"].get("alpha") != alpha:
         raise SystemExit(f"{path}: alpha {rec['objective'].get('alpha')}, expected {alpha}")
     model, card = get_model(student, num_classes=10)
-    hist = rec["history"]
-    return {"model": name, "top1": round(rec["best_top1"], 2), "final_top1": round(hist[-1]["eval_top1"], 2),
-            "start_top1": round(rec["initial_top1"], 2), "params": count_params(model),
-            "macs": count_macs(model, card.input_size), "epochs": rec["epochs"],
-            "wall_min": round(sum(h["seconds"] for h in hist) / 60, 1), "record": str(path),
-            "objective": rec["objective"]}
+    return {**_fields(name, model, card.input_size, rec["best_top1"], rec["initial_top1"], rec["history"],
+                      rec["epochs"]), "record": str(path), "objective": rec["objective"]}
 
 
 def _objective_note(obj: dict | None) -> str:
