@@ -540,15 +540,44 @@ def main() -> None:
         sys.exit(e.exit_code)
     except SystemExit:
         raise
-    except Exception as e:  # click usage errors and the like
-        import click
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(130)
-        raise
+    except _CLICK_ERRORS as e:  # usage errors: unknown option, missing --out, bad value
+        if debug:
+            raise
+        message = _usage_message(e)
+        if message:  # empty when the help was shown instead (no arguments at all)
+            print(f"error: {message}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except _CLICK_ABORTS:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
 
+
+def _click_classes(name: str) -> tuple[type, ...]:
+    """Click's exception class `name`, as raised here: typer >= 0.2x vendors click as typer._click,
+    whose classes are not click's, so catching `click.ClickException` alone let every usage error
+    through as a traceback."""
+    import importlib
+
+    found = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
+_CLICK_ERRORS = _click_classes("ClickException")
+_CLICK_ABORTS = _click_classes("Abort")
+
+
+def _usage_message(e: Exception) -> str:
+    """One line: click's message, and for a usage error the command's --help to read."""
+    message = " ".join(e.format_message().split())
+    ctx = getattr(e, "ctx", None)
+    if message and ctx is not None:
+        message = f"{message.rstrip('.')}; see '{ctx.command_path} --help'"
+    return message
 
 if __name__ == "__main__":
     main()

@@ -150,6 +150,14 @@ CASES = {
     "benchmark with a wrong profile": (["benchmark", "{w}", "--arch", "cifar_resnet20", "--data", "digits",
                                         "--profile", "{badprof}", "--out", "{tmp}/o"], ["memory.bandwidth_gbs"]),
     "calibrate an unknown runtime": (["profiles", "calibrate", "--runtimes", "tflite"], ["tflite"]),
+    # usage errors come from typer's vendored click, whose classes are not click's
+    "unknown option": (["eval", "{w}", "--arch", "cifar_resnet20", "--data", "digits", "--bogus"],
+                       ["No such option: --bogus", "eval --help"]),
+    "missing --out": (["benchmark", "{w}", "--arch", "cifar_resnet20", "--data", "digits"],
+                      ["Missing option '--out'", "benchmark --help"]),
+    "option value of the wrong type": (["eval", "{w}", "--arch", "cifar_resnet20", "--data", "digits", "--limit", "many"],
+                                       ["--limit", "integer"]),
+    "unknown command": (["benchmrk", "{w}"], ["No such command 'benchmrk'"]),
     "out is a file": (["benchmark", "{w}", "--arch", "cifar_resnet20", "--data", "digits",
                        "--out", "{a_file}"], ["a_file", "is a file"]),
 }
@@ -171,6 +179,8 @@ def test_bad_input_subprocess_has_no_traceback(tmp_path):
     _assert_clean_error(p.returncode, p.stderr, "missing.pt")
     p = run_cli("--debug", "eval", str(tmp_path / "missing.pt"), "--data", "digits")
     assert p.returncode != 0 and "Traceback" in p.stderr
+    p = run_cli("benchmark", str(tmp_path / "missing.pt"), "--data", "digits")  # no --out
+    _assert_clean_error(p.returncode, p.stderr, "Missing option '--out'")
 
 
 def test_hostile_pickle_refused(tmp_path, monkeypatch, capsys):
