@@ -58,6 +58,17 @@ def test_distill_starts_from_student_weights(tmp_path, kd_student, resnet20_path
                 progress=False)
 
 
+def test_feature_pair_skips_a_global_pool_module():
+    """torchvision's ResNet pools in an `avgpool` module (a 1x1 4-D map): auto must pair layer4."""
+    import torchvision
+
+    from edgekit.stages.distill import pick_feature_pair
+
+    teacher = torchvision.models.resnet18(num_classes=4)
+    student = torchvision.models.mobilenet_v2(num_classes=4)
+    assert pick_feature_pair(student, teacher, (3, 96, 96)) == ("features", "layer4")  # both 3x3
+
+
 def test_feature_distillation_auto_pair(tmp_path, resnet20_path, cifar_dir):
     from edgekit.stages.distill import _feature_maps, pick_feature_pair
     from edgekit.models import get_model, load_model

@@ -60,12 +60,16 @@ def _feature_maps(model: nn.Module, x: torch.Tensor, max_depth: int = 2) -> list
 
 
 def pick_feature_pair(student: nn.Module, teacher: nn.Module, input_size) -> tuple[str, str]:
-    """The teacher's last feature map, and the student's last one with the same spatial size."""
+    """The teacher's last feature map, and the student's last one with the same spatial size.
+
+    A 1x1 map that follows larger ones is a global pool's output (torchvision's `avgpool`
+    module), not a feature map: the teacher's last map larger than 1x1 is taken instead."""
     x = torch.zeros(2, *input_size)
     t_maps, s_maps = _feature_maps(teacher, x), _feature_maps(student, x)
     if not t_maps or not s_maps:
         raise InputError("feature distillation needs 4-D feature maps in both models")
-    t_name, t_shape = t_maps[-1]
+    spatial = [(n, s) for n, s in t_maps if s[2] * s[3] > 1]
+    t_name, t_shape = (spatial or t_maps)[-1]
     match = [n for n, s in s_maps if s[2:] == t_shape[2:]]
     if not match:
         sizes = sorted({s[2:] for _, s in s_maps})
