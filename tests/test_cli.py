@@ -158,6 +158,10 @@ CASES = {
     "option value of the wrong type": (["eval", "{w}", "--arch", "cifar_resnet20", "--data", "digits", "--limit", "many"],
                                        ["--limit", "integer"]),
     "unknown command": (["benchmrk", "{w}"], ["No such command 'benchmrk'"]),
+    "model that cannot take its input size": (["eval", "timm/vit_tiny_patch16_224:input_size=64", "--data", "digits"],
+                                              ["does not run on a 3x64x64 input", "input_size"]),
+    "timm in_chans edgekit cannot feed": (["eval", "timm/resnet10t:in_chans=4", "--data", "digits"],
+                                          ["in_chans must be 1 (grayscale) or 3 (RGB)"]),
     "out is a file": (["benchmark", "{w}", "--arch", "cifar_resnet20", "--data", "digits",
                        "--out", "{a_file}"], ["a_file", "is a file"]),
 }

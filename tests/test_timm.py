@@ -172,3 +172,21 @@ def test_safetensors_weights_load_with_arch(tmp_path, monkeypatch, capsys):
     code, _, err = run_inprocess(monkeypatch, capsys, "eval", str(tmp_path / "cut.safetensors"),
                                  "--arch", "timm/resnet10t", "--data", "digits")
     _assert_clean_error(code, err, "cannot read model file")
+
+
+def test_grayscale_timm_model_trains_exports_and_verifies(tmp_path):
+    """`in_chans=1`: the card says 1 channel (gray mean/std), images are decoded as gray, and the
+    deployed files take the 1-channel input. The digits are gray images to begin with."""
+    from edgekit.stages import finetune
+
+    arch = "timm/resnet10t:in_chans=1,input_size=32"
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=0.05, augment=False)
+    res = finetune(arch, data="digits", out=tmp_path / "ft", num_classes=10, config=cfg, progress=False)
+    assert res.best_top1 > 50, res.best_top1  # chance is 10%
+    loaded = edgekit.load_model(res.best_path)
+    assert loaded.card.input_size == (1, 32, 32) and len(loaded.card.mean) == 1
+    rows = edgekit.benchmark(res.best_path, data="digits", out=tmp_path / "b", backends="onnxruntime,openvino",
+                             precisions="fp32", limit=None, progress=False,
+                             timing=TimingConfig(warmup=1, iters=2, passes=1, throughput_iters=1)).rows
+    assert [r.status for r in rows] == ["ok", "ok"], [(r.status, r.reason) for r in rows]
+    assert all(abs(r.top1 - res.best_top1) < 0.3 and r.agreement >= 0.999 for r in rows), ([(r.top1, r.agreement) for r in rows], res.best_top1)

@@ -72,6 +72,7 @@ def load_model(
     if not path.exists():
         if _names_zoo_arch(str(source)):
             module, card = get_model(str(source), num_classes=num_classes)
+            _check_runs(module, card, str(source))
             return LoadedModel(module, card)
         raise ModelLoadError(f"model file not found: {path}")
     if path.is_dir():
@@ -80,9 +81,27 @@ def load_model(
     module, card = loader(path, arch=arch, num_classes=num_classes, trust_pickle=trust_pickle)
     module = module.to("cpu").float()
     module.eval()
+    _check_runs(module, card, str(path))
     # Keep the provenance a stored card carries ("fine-tuned on ..."); a bare file is its own source.
     return LoadedModel(module, card if card.source and card.source != "random init"
                        else card.with_(source=str(path)))
+
+
+def _check_runs(module: nn.Module, card: ModelCard, name: str) -> None:
+    """One forward at the card's input size, so a model that cannot take it (a ViT built for 224
+    asked for input_size=64) is refused here in one line, not by a traceback mid-evaluation."""
+    was_training = module.training
+    try:
+        with torch.no_grad():
+            module.eval()(torch.zeros(1, *card.input_size))
+    except Exception as exc:  # noqa: BLE001
+        size = "x".join(map(str, card.input_size))
+        raise ModelLoadError(
+            f"{name} ({card.arch or 'model'}) does not run on a {size} input: {_short(exc).rstrip('.')}; give the "
+            "input size it was trained at (--arch NAME:input_size=N)"
+        ) from None
+    finally:
+        module.train(was_training)
 
 
 def _names_zoo_arch(text: str) -> bool:

@@ -223,16 +223,22 @@ def _timm():
 
 
 def _timm_card(name: str) -> Callable[..., ModelCard]:
-    def card(num_classes: int, **_: Any) -> ModelCard:
+    def card(num_classes: int, in_chans: int = 3, **_: Any) -> ModelCard:
         # timm's published eval preprocessing for the arch (a config lookup: nothing downloads)
         cfg = _timm().get_pretrained_cfg(name)
         size = tuple(int(v) for v in (cfg.input_size if cfg else (3, 224, 224)))
         crop_pct = (cfg.crop_pct if cfg else None) or 0.875
+        mean, std = (tuple(cfg.mean), tuple(cfg.std)) if cfg else (IMAGENET_MEAN, IMAGENET_STD)
+        if in_chans not in (1, 3):
+            raise ValueError(f"in_chans must be 1 (grayscale) or 3 (RGB), got {in_chans!r}: "
+                             "edgekit decodes images as one or the other")
+        if in_chans == 1:  # timm's in_chans=1 sums the RGB stem filters: the input is gray
+            mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
         return ModelCard(
             num_classes=num_classes,
-            input_size=size,  # type: ignore[arg-type]
-            mean=tuple(cfg.mean) if cfg else IMAGENET_MEAN,
-            std=tuple(cfg.std) if cfg else IMAGENET_STD,
+            input_size=(in_chans, *size[1:]),  # type: ignore[arg-type]
+            mean=mean,
+            std=std,
             resize=max(int(max(size[1:]) / crop_pct), max(size[1:])),
             notes={"interpolation": cfg.interpolation if cfg else "bilinear",
                    "preprocessing": f"timm {cfg.architecture}.{cfg.tag}" if cfg else "timm default"},
