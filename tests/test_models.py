@@ -341,6 +341,23 @@ def test_export_without_card_infers_input(tmp_path: Path, resnet20: tuple[nn.Mod
     assert card.input_size == (3, 32, 32) and card.num_classes == 10 and "assumed" in card.notes
 
 
+def test_fixed_batch_program_runs_in_chunks(tmp_path: Path, resnet20: tuple[nn.Module, ModelCard]) -> None:
+    """torch.export fixes the batch of its example unless told otherwise (and bakes it into the
+    reshapes): such a file runs on any batch in chunks, and refuses a re-export by name."""
+    from edgekit.exporters.onnx import export_onnx
+
+    module, _ = resnet20
+    module.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.export.save(torch.export.export(module, (torch.randn(2, 3, 32, 32),)), tmp_path / "b2.pt2")
+    loaded = load_model(tmp_path / "b2.pt2")
+    assert "fixed batch of 2" in loaded.card.notes["fixed_batch"]
+    _same_outputs(module, loaded.module, batch=5)  # 2 + 2 + 1 padded
+    with pytest.raises(ExportError, match="fixed batch of 2"):
+        export_onnx(loaded.module, loaded.card, tmp_path / "m.onnx")
+
+
 def test_torchscript_round_trip(tmp_path: Path, resnet20: tuple[nn.Module, ModelCard]) -> None:
     module, card = resnet20
     with warnings.catch_warnings():

@@ -33,6 +33,14 @@ def export_onnx(module: "torch.nn.Module", card: "ModelCard", path: Path, *,
     import onnx
     import torch
 
+    from ..models.loading import FixedBatch
+
+    fixed = next((m for m in module.modules() if isinstance(m, FixedBatch)), None)
+    if fixed is not None:
+        raise ExportError(f"the model is a torch.export program traced at a fixed batch of {fixed.batch}, "
+                          "whose reshapes hold that batch: export it again with a dynamic batch "
+                          "(torch.export.export(m, (x,), dynamic_shapes=({0: torch.export.Dim('batch')},))) "
+                          "or give its state_dict with --arch")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     x = torch.zeros(1, *card.input_size)

@@ -157,7 +157,43 @@ def _load_export(
         card = _card_for_module(
             module, path, arch=arch, num_classes=num_classes, input_size=input_size, out_classes=out_classes
         )
+    batch = _static_batch(program)
+    if batch is not None:  # torch.export's default: the batch size of the example input
+        module = _pin_eval(FixedBatch(module, batch))
+        card = card.with_(notes={**card.notes, "fixed_batch": f"exported at a fixed batch of {batch}: "
+                                 "runs in chunks of that size in torch, cannot be exported again"})
     return module, card
+
+
+class FixedBatch(nn.Module):
+    """A torch.export program traced at a fixed batch size, run on any batch in chunks of that
+    size (the last chunk padded with copies of its last image, their outputs dropped). Its graph
+    has the batch baked into its reshapes, so it cannot be re-exported with a dynamic batch."""
+
+    def __init__(self, program: nn.Module, batch: int) -> None:
+        super().__init__()
+        self.program, self.batch = program, batch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for start in range(0, x.shape[0], self.batch):
+            chunk = x[start:start + self.batch]
+            real = chunk.shape[0]
+            if real < self.batch:
+                chunk = torch.cat([chunk, chunk[-1:].expand(self.batch - real, *chunk.shape[1:])])
+            outs.append(self.program(chunk)[:real])
+        return torch.cat(outs)
+
+
+def _static_batch(program: Any) -> int | None:
+    """The first user input's batch size when the program fixed it, else None (dynamic)."""
+    user_inputs = set(program.graph_signature.user_inputs)
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in user_inputs:
+            shape = getattr(node.meta.get("val"), "shape", ())
+            # a dynamic batch is a torch.SymInt, which int() would turn into its example value
+            return int(shape[0]) if len(shape) and type(shape[0]) is int else None
+    return None
 
 
 def _program_shapes(program: Any) -> tuple[tuple[int, int, int] | None, int | None]:
