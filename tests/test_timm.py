@@ -188,5 +188,25 @@ def test_grayscale_timm_model_trains_exports_and_verifies(tmp_path):
     rows = edgekit.benchmark(res.best_path, data="digits", out=tmp_path / "b", backends="onnxruntime,openvino",
                              precisions="fp32", limit=None, progress=False,
                              timing=TimingConfig(warmup=1, iters=2, passes=1, throughput_iters=1)).rows
-    assert [r.status for r in rows] == ["ok", "ok"], [(r.status, r.reason) for r in rows]
+    assert [r.status for r in rows] == ["ok", "ok"], [(r.status, r.details.get("reason")) for r in rows]
     assert all(abs(r.top1 - res.best_top1) < 0.3 and r.agreement >= 0.999 for r in rows), ([(r.top1, r.agreement) for r in rows], res.best_top1)
+
+
+def test_levit_prunes_saves_and_reloads_the_same(tmp_path):
+    """timm's LeViT caches its attention biases on an eval forward (not a graph leaf when autograd
+    was on, so deepcopy refuses it) and has BatchNorm1d layers that pruning narrows: the pruned
+    model must copy, save as a checkpoint, and reload to the same outputs."""
+    from edgekit.models import save_model
+    from edgekit.pruning.structured import prune_channels
+
+    module, card = get_model("timm/levit_128s", num_classes=5)
+    module.eval()
+    x = torch.randn(2, *card.input_size)
+    module(x)  # autograd on: the bias cache is a non-leaf tensor
+    outcome = prune_channels(module, card.input_size, 0.3)
+    assert outcome.macs_after < 0.85 * outcome.macs_before
+    pruned = outcome.model.eval()
+    path = save_model(pruned, card, tmp_path / "levit.pt")
+    loaded = edgekit.load_model(path).module
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), pruned(x), rtol=0, atol=1e-5)

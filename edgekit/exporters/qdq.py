@@ -23,13 +23,13 @@ Targets differ only in how the same integer grid is written down:
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import ExportError
+from ..models.clone import clone_module
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -53,7 +53,7 @@ def float_twin(qmodel: "nn.Module") -> tuple["nn.Module", dict[str, dict]]:
 
     from ..quant import QuantConv2d, act_quants, quant_layers
 
-    twin = copy.deepcopy(qmodel)
+    twin = clone_module(qmodel)
     records = {}
     for name, q in quant_layers(twin).items():
         iw, s = q.int_weight()

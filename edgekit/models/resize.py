@@ -1,8 +1,8 @@
 """Rebuild a zoo architecture at the layer widths a checkpoint stores (a pruned model).
 
 A structurally pruned model is its architecture with fewer channels, so its checkpoint stays
-"arch + state_dict": on load the fresh arch's Conv2d / BatchNorm2d / Linear layers (subclasses
-included) are swapped for copies of themselves at the stored shapes. No pruning code runs, and the
+"arch + state_dict": on load the fresh arch's Conv2d / BatchNorm (1d/2d/3d) / LayerNorm / Linear
+layers (subclasses included) are swapped for copies of themselves at the stored shapes. No pruning code runs, and the
 result trains, quantizes and exports like any model. Layers of other types that changed shape
 cannot be rebuilt and are named.
 """
@@ -19,7 +19,9 @@ from ..errors import ModelLoadError
 
 __all__ = ["resize_like", "RESIZABLE"]
 
-RESIZABLE = (nn.Conv2d, nn.BatchNorm2d, nn.Linear)
+# BatchNorm1d and LayerNorm: the norms of ViT-style blocks (timm's LeViT, MobileViT), which
+# Torch-Pruning narrows with the Linear layers around them
+RESIZABLE = (nn.Conv2d, nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.Linear)
 
 
 def _param(like: torch.Tensor | None, shape) -> nn.Parameter | None:
@@ -45,12 +47,19 @@ def _resized(m: nn.Module, name: str, state: Mapping[str, torch.Tensor]) -> nn.M
         groups = out_c // (m.out_channels // m.groups) if 1 < m.groups == m.in_channels else m.groups
         new.in_channels, new.out_channels, new.groups = per_group * groups, out_c, groups
         new.weight, new.bias = _param(m.weight, w.shape), _param(m.bias, (out_c,))
-    elif isinstance(m, nn.BatchNorm2d):
+    elif isinstance(m, nn.modules.batchnorm._BatchNorm):
         n = next(int(v.shape[0]) for v in stored.values() if v.ndim == 1)
         new.num_features = n
         new.weight, new.bias = _param(m.weight, (n,)), _param(m.bias, (n,))
         if m.running_mean is not None:
             new.running_mean, new.running_var = torch.zeros(n), torch.ones(n)
+    elif isinstance(m, nn.LayerNorm):
+        if len(m.normalized_shape) != 1:
+            raise ModelLoadError(f"layer {name} (LayerNorm over {tuple(m.normalized_shape)}) has other shapes in "
+                                 "the checkpoint; edgekit rebuilds LayerNorms over one dimension only")
+        n = next(int(v.shape[0]) for v in stored.values())
+        new.normalized_shape = (n,)
+        new.weight, new.bias = _param(m.weight, (n,)), _param(m.bias, (n,))
     else:  # Linear
         out_f, in_f = (int(v) for v in stored["weight"].shape)
         new.in_features, new.out_features = in_f, out_f

@@ -25,7 +25,6 @@ block is not a candidate of its own.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from ..models.clone import clone_module
 from ..models.stats import count_macs, count_params, hooked_forward
 
 __all__ = ["DepthOutcome", "block_groups", "droppable_blocks", "drop_blocks"]
@@ -134,7 +134,7 @@ def drop_blocks(model: nn.Module, input_size: Sequence[int], n: int, batches: li
     """
     if n < 1:
         raise InputError(f"--drop-blocks must be >= 1, got {n}")
-    model = copy.deepcopy(model).eval()
+    model = clone_module(model).eval()
     names = droppable_blocks(model, input_size, keep)
     if n > len(names):
         found = f"{len(names)} ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})" if names else "none"

@@ -14,7 +14,6 @@ widths off the runtime's vector width can make a smaller model slower.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..models.clone import clone_module
 from ..models.stats import count_macs, count_params
 
 if TYPE_CHECKING:
@@ -165,7 +165,7 @@ def prune_channels(model: nn.Module, input_size: Sequence[int], ratio: float, *,
     if importance not in IMPORTANCES:
         raise InputError(f"unknown --importance {importance!r}; valid: {', '.join(IMPORTANCES)}")
     example = torch.zeros(1, *input_size)
-    m = copy.deepcopy(model).eval()
+    m = clone_module(model).eval()
     mods = dict(m.named_modules())
     with torch.no_grad():
         out_shape = m(example).shape

@@ -6,7 +6,6 @@ the latency stay what they were; only a compressed file shrinks. edgekit measure
 
 from __future__ import annotations
 
-import copy
 import gzip
 import io
 
@@ -14,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..models.clone import clone_module
 
 __all__ = ["sparsify", "sparsity", "compressed_size"]
 
@@ -24,7 +24,7 @@ def sparsify(model: nn.Module, amount: float) -> nn.Module:
 
     if not 0.0 < amount < 1.0:
         raise InputError(f"--sparsity must be in (0, 1), got {amount}")
-    m = copy.deepcopy(model)
+    m = clone_module(model)
     params = [(mod, "weight") for mod in m.modules() if isinstance(mod, (nn.Conv2d, nn.Linear))]
     prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=amount)
     for mod, name in params:

@@ -3,12 +3,12 @@ sensitive layers at higher precision until the measured drop fits the budget."""
 
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass
 from typing import Callable
 
 from torch import nn
 
+from ..models.clone import clone_module
 from .prepare import calibrate, prepare
 
 __all__ = ["LayerSensitivity", "scan", "choose"]
@@ -27,7 +27,7 @@ class LayerSensitivity:
 
 def _ptq_top1(model: nn.Module, weights: dict[str, int], calib, score: Callable[[nn.Module], float],
               form: dict) -> float:
-    q = prepare(copy.deepcopy(model), weights, **form)
+    q = prepare(clone_module(model), weights, **form)
     calibrate(q, calib())
     return score(q)
 

@@ -11,7 +11,6 @@ unrounded widths) in one interleaved run on the profile's runtimes -> prune.json
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import logging
@@ -25,6 +24,7 @@ from torch import nn
 
 from .._io import atomic_write_json, atomic_write_text, check_out_dir
 from ..errors import InputError
+from ..models.clone import clone_module
 from ..train import Supervised, TrainConfig, train
 from ..train.engine import evaluate_top1
 from ._common import load_for_training
@@ -167,7 +167,7 @@ def prune(model: str | Path, *, data: str | Path, out: str | Path, ratio: float 
                          "stays untrained: drop --no-recover or fine-tune first")
     module.eval()
     size = tuple(card.input_size)
-    original = copy.deepcopy(module).eval()
+    original = clone_module(module).eval()
     eval_split = ds.evaluation(limit, seed=seed)
     top1_before = evaluate_top1(original, eval_split, card)[0]
     train_split = ds.train.subset(cfg.train_limit, seed=cfg.seed) if (recover and ds.train is not None) else None
@@ -414,7 +414,7 @@ def _block_latency(model: nn.Module, size, card, backend: str, threads: int, pre
         groups = block_groups(model, size, names)
         variants = {"full": model}
         for k, g in enumerate(groups):
-            v = copy.deepcopy(model)
+            v = clone_module(model)
             for n in g:
                 v.set_submodule(n, nn.Identity())
             variants[f"g{k}"] = v

@@ -9,7 +9,6 @@ and time each runtime's artifact (benchmark machinery) -> quantize.json + report
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Sequence
 
 from .._io import atomic_write_json, atomic_write_text, check_out_dir
 from ..errors import InputError
+from ..models.clone import clone_module
 from ..train import Supervised, TrainConfig, TrainResult, train
 from ..train.engine import evaluate_top1
 from ._common import load_for_training, splits
@@ -111,7 +111,7 @@ def quantize(model: str | Path, *, data: str | Path, out: str | Path, mode: str 
         raise InputError(f"the model's classes do not match {data} ({note}); PTQ cannot train a new "
                          "head: fine-tune first (edgekit finetune) or use --mode qat")
     module.eval()
-    float_model = copy.deepcopy(module).eval()
+    float_model = clone_module(module).eval()
     eval_split = ds.evaluation(limit, seed=seed)
     calib_split = ds.calibration(calibration_images, seed=seed)
 
@@ -134,7 +134,7 @@ def quantize(model: str | Path, *, data: str | Path, out: str | Path, mode: str 
                              "raised to float; allow a larger drop")
         log.info("mixed precision: %d layers raised, PTQ drop %.2f on the calibration images", len(raised), drop)
 
-    q = prepare(copy.deepcopy(module), weights, label=label, **form)
+    q = prepare(clone_module(module), weights, label=label, **form)
     calibrate(q, calib())
     fp32_top1 = evaluate_top1(float_model, eval_split, card)[0]
     ptq_top1 = evaluate_top1(q, eval_split, card)[0]

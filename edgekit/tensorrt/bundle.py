@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from .._io import atomic_write_json, atomic_write_text
 from ..errors import ExportError
+from ..models.clone import clone_module
 from ..verify import Tolerance
 from .rules import TrtRules, check_onnx, rules_for
 
@@ -70,13 +71,11 @@ def _onnx(ctx: "ExportContext", precision: str, target: BundleTarget, path: Path
 
 def _ptq_int8(ctx: "ExportContext"):
     """Symmetric INT8 (per-channel weights, per-tensor activations) calibrated on real images."""
-    import copy
-
     import torch
 
     from ..quant import calibrate, plan, prepare
 
-    module = copy.deepcopy(ctx.module).eval()
+    module = clone_module(ctx.module).eval()
     q = prepare(module, plan(module, 8), label="int8")
     calibrate(q, [torch.from_numpy(b) for b in ctx.calibration_batches(64)])
     return q.eval()
