@@ -452,3 +452,43 @@ def test_onnxruntime_form_rounds_conv_outputs_that_a_float_op_consumes():
     again.load_state_dict(q.state_dict())
     with torch.no_grad():
         assert torch.equal(again.eval()(x), q.eval()(x))
+
+
+class _ChannelsLastMLP(torch.nn.Module):
+    """A ConvNeXt-style block: Linear layers over the channels of an NHWC map, which both ONNX
+    exporters write as MatMul with the weight pre-transposed into an anonymous initializer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.fc1, self.act, self.fc2 = torch.nn.Linear(16, 48), torch.nn.GELU(), torch.nn.Linear(48, 16)
+        self.head = torch.nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x).permute(0, 2, 3, 1)
+        x = x + self.fc2(self.act(self.fc1(x)))
+        return self.head(x.mean((1, 2)))
+
+
+def test_linear_on_channels_last_maps_exports_integer_matmuls(r20, tmp_path):
+    """Before: 'layer(s) fc1, fc2 not found in the ONNX graph' and no INT8 file at all."""
+    from edgekit.backends.onnxruntime import executed_ops
+
+    _, card, _, calib, _, x = r20
+    torch.manual_seed(0)
+    q = _ptq(_ChannelsLastMLP().eval(), 8, calib)
+    with torch.no_grad():
+        ref = q(x).numpy()
+    scale = float(np.abs(ref).max())
+    for target in ("onnxruntime", "tensorrt"):
+        path = export_qdq(q, card, tmp_path / f"{target}.onnx", target=target)
+        weights = [t for t in onnx.load(str(path)).graph.initializer
+                   if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2]
+        assert len(weights) == 4, target  # stem, fc1, fc2, head
+        out = OrtRunner(path, precision="int8", threads=1)(x.numpy())
+        assert np.abs(out - ref).max() < 0.05 * scale, (target, np.abs(out - ref).max(), scale)
+        assert _agreement(out, ref) >= 0.97
+    assert check_tensorrt_rules(tmp_path / "tensorrt.onnx") == []  # weight scales on axis 0
+    # the MatMuls run in ONNX Runtime's integer kernel (MatMulIntegerToFloat): 3 of 4 layers at least
+    int_ops, total = executed_ops(tmp_path / "onnxruntime.onnx", "int8").split(": ")[1].split(" ")[0].split("/")
+    assert int(int_ops) >= 3 and int(total) == 4

@@ -56,7 +56,8 @@ def executed_ops(path: Path, precision: str) -> str:
             ops = [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
         except Exception:  # noqa: BLE001 - only a description
             return precision
-    int_ops = sum(o in ("QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger", "QGemm") for o in ops)
+    int_ops = sum(o in ("QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger", "QGemm",
+                        "MatMulIntegerToFloat", "DynamicQuantizeMatMul") for o in ops)
     float_ops = sum(o in ("Conv", "FusedConv", "Gemm", "MatMul", "FusedGemm") for o in ops)
     if precision in ("int8", "w4a8", "mixed"):
         return f"{precision}: {int_ops}/{int_ops + float_ops} conv/matmul in integer kernels"

@@ -51,7 +51,11 @@ def export_onnx(module: "torch.nn.Module", card: "ModelCard", path: Path, *,
     errors = []
     for dynamo in (True, False):
         try:
-            _export(module, x, path, opset=opset, dynamic_batch=dynamic_batch, dynamo=dynamo)
+            # torch.export specialises a size-1 dimension (0/1 specialisation), so a dynamic batch
+            # needs an example of 2 (ConvNeXt: "Invalid ranges [2:1]" at 1); the legacy tracer
+            # records the shapes of its example, 1 as before
+            example = x.expand(2, *x.shape[1:]) if dynamo and dynamic_batch else x
+            _export(module, example, path, opset=opset, dynamic_batch=dynamic_batch, dynamo=dynamo)
             onnx.checker.check_model(str(path), full_check=False)
             written = opset_of(path)
             if opset is not None and written != opset:

@@ -179,21 +179,34 @@ class _Rewriter:
         self.graph.initializer.append(t)
         return name
 
-    def _weight(self, node, rec: dict) -> None:
+    def _weight(self, node, rec: dict, transposed: bool = False) -> None:
+        """Replace `node`'s float weight by integer weight + DequantizeLinear (per output channel:
+        axis 0, or axis 1 for a MatMul's pre-transposed (in, out) weight)."""
         from onnx import TensorProto, helper
 
         wname = node.input[1]
         iw, s = rec["int_weight"], rec["w_scale"]
+        # a MatMul's (in, out) weight: scales on axis 1 for ONNX Runtime (MatMulIntegerToFloat
+        # takes them), but TensorRT takes axis 0 only: there (out, in) weights, then a Transpose
+        transpose_after = transposed and self.target == "tensorrt"
+        if transposed and not transpose_after:
+            iw = np.ascontiguousarray(iw.T)
         stored = self.inits[wname]
-        if tuple(stored.dims) != iw.shape:
-            raise ExportError(f"weight {wname}: ONNX shape {tuple(stored.dims)} != model {iw.shape}")
+        onnx_shape = tuple(stored.dims)[::-1] if transpose_after else tuple(stored.dims)
+        if onnx_shape != iw.shape:
+            raise ExportError(f"weight {wname}: ONNX shape {tuple(stored.dims)} does not fit model weight {iw.shape}")
         self.graph.initializer.remove(stored)
         dtype = TensorProto.INT4 if rec["bits"] == 4 else TensorProto.INT8
         q = self._const(self._name(f"{wname}_int{rec['bits']}"), iw, dtype)
         sc = self._const(self._name(f"{wname}_scale"), s.astype(np.float32))
         zp = self._const(self._name(f"{wname}_zp"), np.zeros(len(s), np.int8), dtype)
         dq = self._name(f"{wname}_dq")
-        self.new_nodes.append(helper.make_node("DequantizeLinear", [q, sc, zp], [dq], name=dq, axis=0))
+        self.new_nodes.append(helper.make_node("DequantizeLinear", [q, sc, zp], [dq], name=dq,
+                                               axis=1 if transposed and not transpose_after else 0))
+        if transpose_after:
+            t = self._name(f"{wname}_t")
+            self.new_nodes.append(helper.make_node("Transpose", [dq], [t], name=t, perm=[1, 0]))
+            dq = t
         node.input[1] = dq
         in_dq = self.producer.get(node.input[0])
         if (self.target == "onnxruntime" and rec["bias"] is not None and len(node.input) > 2
@@ -206,6 +219,22 @@ class _Rewriter:
             bdq = self._name(f"{wname}_bias_dq")
             self.new_nodes.append(helper.make_node("DequantizeLinear", [bi, bs], [bdq], name=bdq, axis=0))
             node.input[2] = bdq
+
+    def _transposed_matmul(self, rec: dict):
+        """The MatMul holding a Linear layer's weight as an anonymous (in, out) initializer: both
+        exporters write a Linear on a 3-D+ input (ConvNeXt's, a ViT's MLP) as MatMul with W^T
+        constant-folded, so the name is gone; the values are the twin's dequantized weight,
+        transposed, bit for bit."""
+        iw = rec["int_weight"]
+        if iw.ndim != 2:
+            return None
+        want = (iw.astype(np.float32) * rec["w_scale"].astype(np.float32)[:, None]).T
+        for node in self.graph.node:
+            if (node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in self.inits
+                    and tuple(self.inits[node.input[1]].dims) == want.shape
+                    and np.array_equal(self.values(node.input[1]), want)):
+                return node
+        return None
 
     def _constant(self, name: str) -> np.ndarray | None:
         from onnx import numpy_helper
@@ -275,6 +304,11 @@ class _Rewriter:
                 raise ExportError(f"{name}: Gemm without transB cannot take per-output-channel weights")
             self._weight(node, rec)
             done.add(name)
+        for name in sorted(set(self.records) - done):
+            node = self._transposed_matmul(self.records[name])
+            if node is not None:
+                self._weight(node, self.records[name], transposed=True)
+                done.add(name)
         missing = sorted(set(self.records) - done)
         if missing:
             raise ExportError(f"QDQ export: layer(s) {', '.join(missing[:3])} not found in the ONNX graph "
