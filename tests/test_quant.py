@@ -492,3 +492,49 @@ def test_linear_on_channels_last_maps_exports_integer_matmuls(r20, tmp_path):
     # the MatMuls run in ONNX Runtime's integer kernel (MatMulIntegerToFloat): 3 of 4 layers at least
     int_ops, total = executed_ops(tmp_path / "onnxruntime.onnx", "int8").split(": ")[1].split(" ")[0].split("/")
     assert int(int_ops) >= 3 and int(total) == 4
+
+
+class _EqualWeights(torch.nn.Module):
+    """Two convs with equal weights and different biases (zero-initialised layers of an untrained
+    RepViT look like this): both ONNX exporters store such weights once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.b, self.c = torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.head = torch.nn.Linear(8, 10)
+        with torch.no_grad():
+            self.c.weight.copy_(self.b.weight)
+            self.c.bias.copy_(self.b.bias + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.c(torch.relu(self.b(x))))
+        return self.head(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_layers_with_equal_weights_export(r20, tmp_path, monkeypatch, exporter):
+    """Before: a KeyError traceback (legacy: the weight behind an Identity) or 'layer c not found'
+    (dynamo: one initializer for both convs)."""
+    import edgekit.exporters.onnx as onnx_exporter
+
+    if exporter == "legacy":  # as for a model the dynamo exporter cannot trace
+        real = onnx_exporter._export
+
+        def legacy_only(*args, dynamo, **kw):
+            if dynamo:
+                raise RuntimeError("dynamo refused")
+            return real(*args, dynamo=dynamo, **kw)
+
+        monkeypatch.setattr(onnx_exporter, "_export", legacy_only)
+    _, card, _, calib, _, x = r20
+    torch.manual_seed(0)
+    q = _ptq(_EqualWeights().eval(), 8, calib)
+    with torch.no_grad():
+        ref = q(x).numpy()
+    for target in ("onnxruntime", "tensorrt"):
+        path = export_qdq(q, card, tmp_path / f"{target}.onnx", target=target)
+        out = OrtRunner(path, precision="int8", threads=1)(x.numpy())
+        # each conv keeps its own bias (the ONNX Runtime form re-grids it to INT32 per node)
+        assert np.abs(out - ref).max() < 0.05 * float(np.abs(ref).max()), (target, np.abs(out - ref).max())

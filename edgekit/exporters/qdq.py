@@ -191,11 +191,13 @@ class _Rewriter:
         transpose_after = transposed and self.target == "tensorrt"
         if transposed and not transpose_after:
             iw = np.ascontiguousarray(iw.T)
-        stored = self.inits[wname]
+        src = self._source(wname)
+        if src not in self.inits:
+            raise ExportError(f"weight {wname} is not a constant in the ONNX graph")
+        stored = self.inits[src]
         onnx_shape = tuple(stored.dims)[::-1] if transpose_after else tuple(stored.dims)
         if onnx_shape != iw.shape:
             raise ExportError(f"weight {wname}: ONNX shape {tuple(stored.dims)} does not fit model weight {iw.shape}")
-        self.graph.initializer.remove(stored)
         dtype = TensorProto.INT4 if rec["bits"] == 4 else TensorProto.INT8
         q = self._const(self._name(f"{wname}_int{rec['bits']}"), iw, dtype)
         sc = self._const(self._name(f"{wname}_scale"), s.astype(np.float32))
@@ -211,14 +213,23 @@ class _Rewriter:
         in_dq = self.producer.get(node.input[0])
         if (self.target == "onnxruntime" and rec["bias"] is not None and len(node.input) > 2
                 and in_dq is not None and in_dq.op_type == "DequantizeLinear"):
-            # ONNX Runtime's integer conv wants an INT32 bias on the grid in_scale * w_scale
+            # ONNX Runtime's integer conv wants an INT32 bias on the grid in_scale * w_scale; the
+            # node's own bias (the twin's quantized one): its weight may be another layer's equal one
+            bias = self._constant(self._source(node.input[2]))
+            bias = rec["bias"] if bias is None else bias
             bscale = (float(self.values(in_dq.input[1])) * s).astype(np.float32)
-            bq = np.clip(np.round(rec["bias"] / bscale), -2**31, 2**31 - 1).astype(np.int32)
+            bq = np.clip(np.round(bias / bscale), -2**31, 2**31 - 1).astype(np.int32)
             bi = self._const(self._name(f"{wname}_bias_int32"), bq)
             bs = self._const(self._name(f"{wname}_bias_scale"), bscale)
             bdq = self._name(f"{wname}_bias_dq")
             self.new_nodes.append(helper.make_node("DequantizeLinear", [bi, bs], [bdq], name=bdq, axis=0))
             node.input[2] = bdq
+
+    def _source(self, name: str) -> str:
+        """The tensor behind a chain of Identity nodes (how the legacy exporter shares equal weights)."""
+        while name not in self.inits and name in self.producer and self.producer[name].op_type == "Identity":
+            name = self.producer[name].input[0]
+        return name
 
     def _transposed_matmul(self, rec: dict):
         """The MatMul holding a Linear layer's weight as an anonymous (in, out) initializer: both
@@ -305,7 +316,11 @@ class _Rewriter:
             self._weight(node, rec)
             done.add(name)
         for name in sorted(set(self.records) - done):
-            node = self._transposed_matmul(self.records[name])
+            rec = self.records[name]
+            if any(_same_weight(rec, self.records[d]) for d in done):
+                done.add(name)  # an exporter merged its weight with an equal one, already in integers
+                continue
+            node = self._transposed_matmul(rec)
             if node is not None:
                 self._weight(node, self.records[name], transposed=True)
                 done.add(name)
@@ -318,8 +333,16 @@ class _Rewriter:
         used = {i for n in self.graph.node for i in n.input}
         for n in [n for n in self.graph.node if n.op_type == "Constant" and n.output[0] not in used]:
             self.graph.node.remove(n)  # e.g. the bounds of a Clip written as a Relu
+        for n in [n for n in self.graph.node if n.op_type == "Identity" and n.output[0] not in used]:
+            self.graph.node.remove(n)  # an alias of a float weight now stored in integers
+        used = {i for n in self.graph.node for i in n.input}  # float weights go here too
         for t in [t for t in self.graph.initializer if t.name not in used]:
             self.graph.initializer.remove(t)
+
+
+def _same_weight(a: dict, b: dict) -> bool:
+    return (a["bits"] == b["bits"] and a["int_weight"].shape == b["int_weight"].shape
+            and np.array_equal(a["int_weight"], b["int_weight"]) and np.array_equal(a["w_scale"], b["w_scale"]))
 
 
 def check_tensorrt_rules(path: Path, version: str | None = None) -> list[str]:
