@@ -210,3 +210,19 @@ def test_levit_prunes_saves_and_reloads_the_same(tmp_path):
     loaded = edgekit.load_model(path).module
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), pruned(x), rtol=0, atol=1e-5)
+
+
+def test_levit_quantizes(tmp_path):
+    """torch.fx traces LeViT twice (BN folding, then quantizer placement); its attention-bias
+    cache kept a Proxy of the first trace, which broke the second ('does not belong to this Graph')."""
+    from edgekit.quant import calibrate, plan, prepare
+
+    module, card = get_model("timm/levit_128s", num_classes=5)
+    module.eval()
+    x = torch.randn(2, *card.input_size)
+    with torch.no_grad():
+        module(x)  # a cached bias table, as after any evaluation
+        q = prepare(copy.deepcopy(module), plan(module, 8), label="int8")
+        calibrate(q, [x])
+        assert q.eval()(x).shape == (2, 5)
+        module(x)  # the float model still runs: no Proxy left in its cache

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..errors import InputError
 
-__all__ = ["clone_module"]
+__all__ = ["clone_module", "drop_eval_caches"]
 
 
 def clone_module(model: nn.Module) -> nn.Module:
@@ -20,10 +20,17 @@ def clone_module(model: nn.Module) -> nn.Module:
     and then be stale once the copy is pruned. Flipping the model to train mode and back (a
     flag for every other layer) drops it first.
     """
+    drop_eval_caches(model)
+    return copy.deepcopy(model)
+
+
+def drop_eval_caches(model: nn.Module) -> None:
+    """Drop what modules cached on an eval forward (see `clone_module`) by flipping the model to
+    train mode and back. Needed around torch.fx tracing too: a trace in eval mode fills LeViT's
+    cache with a Proxy of that trace, which the next trace then reads as a node of another graph."""
     was_training = model.training
     try:
         model.train(True)
     except InputError:  # a torch.export program, pinned in eval mode: it caches nothing
-        pass
+        return
     model.train(was_training)
-    return copy.deepcopy(model)

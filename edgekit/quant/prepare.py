@@ -85,12 +85,17 @@ def _quant_class(layer: nn.Module) -> type[nn.Module] | None:
 
 
 def _trace(model: nn.Module) -> fx.GraphModule:
+    from ..models.clone import drop_eval_caches
+
+    drop_eval_caches(model)
     try:
         return fx.GraphModule(model, _Leaves().trace(model))
     except Exception as e:  # noqa: BLE001
         raise InputError(f"cannot quantize this model: torch.fx could not trace it ({type(e).__name__}: "
                          f"{str(e).splitlines()[0][:150]}); edgekit needs a traceable forward to fold batch "
                          "norms and place quantizers") from None
+    finally:
+        drop_eval_caches(model)  # a Proxy cached during the trace must not outlive it
 
 
 def _after_fold(bn: nn.BatchNorm2d) -> nn.Module | None:
