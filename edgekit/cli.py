@@ -579,5 +579,6 @@ def _usage_message(e: Exception) -> str:
         message = f"{message.rstrip('.')}; see '{ctx.command_path} --help'"
     return message
 
+
 if __name__ == "__main__":
     main()
