@@ -71,7 +71,7 @@ def teacher_speed(teacher, split, card, batch: int, rounds: int) -> dict:
             obj = DistillObjective(torch.nn.Identity(), teacher, teacher_bf16=bf16)
             t0 = time.perf_counter()
             with torch.no_grad():
-                logits[bf16] = torch.cat([obj._run_teacher(x[i:i + batch]) for i in range(0, len(x), batch)])
+                logits[bf16] = torch.cat([obj.teacher_forward(x[i:i + batch]) for i in range(0, len(x), batch)])
             speeds[bf16].append(len(x) / (time.perf_counter() - t0))
     kl = F.kl_div(F.log_softmax(logits[True] / 4, 1), F.softmax(logits[False] / 4, 1), reduction="batchmean")
     return {"teacher_fp32_img_s": round(statistics.median(speeds[False]), 1),

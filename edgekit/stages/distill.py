@@ -147,7 +147,9 @@ class DistillObjective(Objective):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _run_teacher(self, x: torch.Tensor) -> torch.Tensor:
+    def teacher_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits as distillation computes them (float32, or bf16 autocast if
+        `teacher_bf16`); the caller holds no_grad. Public so benchmarks time the same call."""
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.teacher_bf16):
             return self.teacher(x).float()
 
@@ -157,10 +159,10 @@ class DistillObjective(Objective):
                 keys = index.tolist()
                 if all(k in self._cache for k in keys):
                     return torch.stack([self._cache[k] for k in keys]).to(x.device)
-                out = self._run_teacher(x)
+                out = self.teacher_forward(x)
                 self._cache.update(zip(keys, out.cpu()))
                 return out
-            return self._run_teacher(x)
+            return self.teacher_forward(x)
 
     def forward(self, x, y, index):
         logits = self.model(x)
