@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from .errors import EdgekitError
+from .errors import EdgekitError, InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compress, export, verify and benchmark PyTorch vision models for edge devices.")
@@ -36,8 +36,11 @@ MODEL = typer.Argument(..., help="Model file (.pt/.pth/.th state_dict or checkpo
                        ".pt2, TorchScript) or a zoo name for a randomly initialised model.")
 
 
-def _limit(n: int) -> Optional[int]:
-    return None if n <= 0 else n
+def _limit(n: int, flag: str = "--limit") -> Optional[int]:
+    """An image count where 0 means all; a negative one is a typo, not 'all'."""
+    if n < 0:
+        raise InputError(f"{flag} must be 0 (all images) or a positive number of images, got {n}")
+    return n or None
 
 
 @app.callback()
@@ -220,8 +223,8 @@ def _train_config(epochs, batch_size, optimizer, lr, weight_decay, warmup, label
         return TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
                            weight_decay=weight_decay, warmup_epochs=warmup,
                            label_smoothing=label_smoothing, grad_clip=grad_clip,
-                           augment=not no_augment, train_limit=train_limit or None,
-                           eval_limit=eval_limit or None, seed=seed)
+                           augment=not no_augment, train_limit=_limit(train_limit, "--train-limit"),
+                           eval_limit=_limit(eval_limit, "--eval-limit"), seed=seed)
     except ValidationError as e:
         err = e.errors()[0]
         raise InputError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .backends import BACKENDS, all_backends, get_backend
-from .errors import ModelLoadError
+from .errors import EdgekitError, ModelLoadError
 from .inputs import check_classes
 from .verify import accuracy, predict
 
@@ -67,7 +67,13 @@ def evaluate(model: str | Path, *, data: str | Path, arch: str | None = None,
         card = read_artifact_card(path)
         precision = str(card.notes.get("precision", "fp32"))
         backend = get_backend(backend_name)
-        runner = backend.load(backend.artifact_from_path(path, card, precision), threads=threads)
+        try:
+            runner = backend.load(backend.artifact_from_path(path, card, precision), threads=threads)
+        except EdgekitError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a truncated .onnx, an .xml without its .bin, ...
+            reason = " ".join(str(e).split())[:300] or type(e).__name__
+            raise ModelLoadError(f"{backend_name} cannot load {path}: {reason}") from None
     else:
         from .backends.torch import TorchRunner
         from .models import load_model

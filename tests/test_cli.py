@@ -75,8 +75,28 @@ class DeconvNet(torch.nn.Module):
         return self.head(self.up(torch.relu(self.conv(x))).mean((2, 3)))
 
 
+@pytest.fixture(scope="module")
+def broken_artifacts(tmp_path_factory, resnet20_path):
+    """Artifacts cut short: a half-written ONNX file and an IR whose .bin is gone (card sidecars intact)."""
+    import openvino as ov
+
+    from edgekit.exporters.onnx import export_onnx
+    from edgekit.models import load_model
+    tmp = tmp_path_factory.mktemp("art")
+    loaded = load_model(resnet20_path, arch="cifar_resnet20")
+    onnx_path = export_onnx(loaded.module, loaded.card, tmp / "full.onnx")
+    trunc_onnx = tmp / "trunc.onnx"
+    trunc_onnx.write_bytes(onnx_path.read_bytes()[: onnx_path.stat().st_size // 2])
+    ov_xml = tmp / "model.xml"
+    ov.save_model(ov.convert_model(str(onnx_path)), str(ov_xml))
+    ov_xml.with_suffix(".bin").unlink()
+    for art in (trunc_onnx, ov_xml):
+        Path(f"{art}.card.json").write_text(loaded.card.to_json())
+    return dict(trunc_onnx=trunc_onnx, ov_xml=ov_xml)
+
+
 @pytest.fixture
-def bad_inputs(tmp_path, resnet20_path, cifar_dir):
+def bad_inputs(tmp_path, resnet20_path, cifar_dir, broken_artifacts):
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(os.urandom(2048))
     empty = tmp_path / "empty"
@@ -100,7 +120,7 @@ def bad_inputs(tmp_path, resnet20_path, cifar_dir):
     student = tmp_path / "student.pt"
     torch.save(get_model("cifar_mobilenet_v2:width=0.5", num_classes=10)[0].state_dict(), student)
     return dict(deconv=deconv, student=student, badprof=badprof, garbage=garbage, empty=empty, noimg=noimg, badimg=badimg, a_file=a_file,
-                w=str(resnet20_path), data=str(cifar_dir), tmp=tmp_path)
+                w=str(resnet20_path), data=str(cifar_dir), tmp=tmp_path, **broken_artifacts)
 
 
 CASES = {
@@ -162,6 +182,10 @@ CASES = {
                                               ["does not run on a 3x64x64 input", "input_size"]),
     "timm in_chans edgekit cannot feed": (["eval", "timm/resnet10t:in_chans=4", "--data", "digits"],
                                           ["in_chans must be 1 (grayscale) or 3 (RGB)"]),
+    "negative image count": (["eval", "{w}", "--arch", "cifar_resnet20", "--data", "digits", "--limit", "-5"],
+                             ["--limit", "got -5"]),
+    "truncated ONNX artifact": (["eval", "{trunc_onnx}", "--data", "digits"], ["onnxruntime cannot load", "trunc.onnx"]),
+    "OpenVINO IR without its .bin": (["eval", "{ov_xml}", "--data", "digits"], ["openvino cannot load", "model.xml"]),
     "out is a file": (["benchmark", "{w}", "--arch", "cifar_resnet20", "--data", "digits",
                        "--out", "{a_file}"], ["a_file", "is a file"]),
 }
