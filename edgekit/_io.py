@@ -12,7 +12,8 @@ from typing import Any, Iterator
 
 from .errors import ConfigError, InputError
 
-__all__ = ["atomic_path", "remove_stale_temps", "atomic_write_text", "atomic_write_json", "check_out_dir", "staged_dir", "read_yaml_model"]
+__all__ = ["atomic_path", "remove_stale_temps", "atomic_write_text", "atomic_write_json", "read_json", "check_out_dir",
+           "staged_dir", "read_yaml_model"]
 
 
 @contextlib.contextmanager
@@ -55,6 +56,15 @@ def _umask() -> int:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def read_json(path: Path, what: str) -> Any:
+    """A JSON file edgekit wrote (atomically, so only a hand edit or another tool breaks it):
+    one error line naming it, not a decoder traceback."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"cannot read {what} {path}: {e}; restore it or re-run into a new --out") from None
 
 
 def check_out_dir(out: Path) -> Path:

@@ -111,6 +111,8 @@ def bad_inputs(tmp_path, resnet20_path, cifar_dir, broken_artifacts):
     (badimg / "b" / "also.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "report.json").write_text('{"stages": [')  # edited by hand, cut short
     badprof = tmp_path / "board.yaml"
     badprof.write_text((Path(__file__).resolve().parents[1] / "profiles" / "raspberry-pi-5.yaml").read_text()
                        .replace("bandwidth_gbs: 17.1", "bandwidth_gbs: fast"))
@@ -186,6 +188,7 @@ CASES = {
                              ["--limit", "got -5"]),
     "truncated ONNX artifact": (["eval", "{trunc_onnx}", "--data", "digits"], ["onnxruntime cannot load", "trunc.onnx"]),
     "OpenVINO IR without its .bin": (["eval", "{ov_xml}", "--data", "digits"], ["openvino cannot load", "model.xml"]),
+    "corrupt run report": (["report", "{tmp}/run"], ["cannot read the run's report", "report.json"]),
     "out is a file": (["benchmark", "{w}", "--arch", "cifar_resnet20", "--data", "digits",
                        "--out", "{a_file}"], ["a_file", "is a file"]),
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .._io import atomic_write_json, atomic_write_text
+from .._io import atomic_write_json, atomic_write_text, read_json
 from ..errors import InputError
 
 __all__ = ["write_report", "render_report", "compare_runs", "best_artifact", "pareto_front"]
@@ -227,7 +227,7 @@ def _read(run: Path) -> dict:
     path = Path(run) / "report.json"
     if not path.is_file():
         raise InputError(f"no report.json in {run}: is it an `edgekit compress` run folder (finished)?")
-    return json.loads(path.read_text())
+    return read_json(path, "the run's report")
 
 
 def compare_runs(a: Path, b: Path) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_write_json, check_out_dir
+from .._io import atomic_write_json, check_out_dir, read_json
 from ..errors import InputError
 from ..stages.prune import SameWidths, TargetAlreadyMet, TargetUnreachable
 from .recipe import MODEL_STAGES, Recipe, default_recipe, load_recipe
@@ -133,10 +133,8 @@ def _run_stage(spec, src: _Source, folder: Path, ctx: dict) -> Path:
 
 
 def _record(folder: Path, name: str) -> dict:
-    import json
-
     path = folder / name
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_json(path, "a stage record") if path.is_file() else {}
 
 
 def _quantize_row(folder: Path, prof) -> dict | None:
@@ -236,7 +234,7 @@ def _load_state(out: Path, key: dict, resume: bool) -> dict:
     if not resume:
         raise InputError(f"{out} already holds a compress run ({STATE_FILE}): pass --resume to continue it, "
                          "or another --out")
-    state = json.loads(path.read_text())
+    state = read_json(path, "the run's state")
     saved = dict(state)
     try:  # a run saved before a setting was added: read with today's defaults, same recipe
         saved["recipe"] = Recipe.model_validate(state.get("recipe")).model_dump()
@@ -283,8 +281,7 @@ def compress(model: str | Path, *, profile: str, data: str | Path, out: str | Pa
            "student": student}
     state = _load_state(out, key, resume)
     if state["status"] == "done" and (out / "report.json").is_file():  # a finished run: nothing to redo
-        import json
-        report = json.loads((out / "report.json").read_text())
+        report = read_json(out / "report.json", "the run's report")
         write_report(out, report)
         return CompressResult(out, report)
     out.mkdir(parents=True, exist_ok=True)
