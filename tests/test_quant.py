@@ -538,3 +538,54 @@ def test_layers_with_equal_weights_export(r20, tmp_path, monkeypatch, exporter):
         out = OrtRunner(path, precision="int8", threads=1)(x.numpy())
         # each conv keeps its own bias (the ONNX Runtime form re-grids it to INT32 per node)
         assert np.abs(out - ref).max() < 0.05 * float(np.abs(ref).max()), (target, np.abs(out - ref).max())
+
+
+class _Gate(torch.nn.Module):
+    """A block torch.fx cannot trace: Python control flow on a tensor's shape (as in timm's
+    MobileViT and EfficientViT attention)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] > 4:
+            x = x * 0.5
+        return self.conv(x)
+
+
+class _WithGate(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.gate = _Gate()
+        self.conv = torch.nn.Conv2d(8, 16, 3, padding=1)
+        self.head = torch.nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.gate(torch.relu(self.stem(x))))
+        return self.head(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+def test_untraceable_block_stays_float_and_the_rest_quantizes(r20, tmp_path):
+    """Before: 'cannot quantize this model: torch.fx could not trace it' for the whole model."""
+    from edgekit.quant import spec_of
+
+    _, card, _, calib, _, x = r20
+    torch.manual_seed(0)
+    model = _WithGate().eval()
+    q = _ptq(model, 8, calib)
+    spec = spec_of(q)
+    assert spec.opaque == ["gate"]
+    assert sorted(spec.weights) == ["conv", "head", "stem"]  # gate.conv stays float
+    with torch.no_grad():
+        ref = q(x).numpy()
+    path = export_qdq(q, card, tmp_path / "g.onnx", target="onnxruntime")
+    out = OrtRunner(path, precision="int8", threads=1)(x.numpy())
+    assert np.abs(out - ref).max() < 0.05 * float(np.abs(ref).max())
+    # the spec replays on a fresh model (how a checkpoint reloads): same graph, same outputs
+    from edgekit.quant import rebuild
+    again = rebuild(_WithGate().eval(), spec.model_dump())
+    again.load_state_dict(q.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval()(x), q(x))

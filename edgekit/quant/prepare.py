@@ -56,6 +56,8 @@ class QuantSpec(BaseModel):
     #: OpenVINO's CPU plugin executes them (`_fused_into_add`); "rounded": they are, as ONNX
     #: Runtime (QLinearConv -> QLinearAdd) and TensorRT execute them
     residual: Literal["rounded", "fused"] = "rounded"
+    #: blocks torch.fx cannot trace (control flow on tensors): traced as one node, kept float
+    opaque: list[str] = Field(default_factory=list)
     #: INT8 conv outputs that a float op consumes are quantized, for all their consumers (ONNX
     #: Runtime's form: `_feeds_float_op`); False for checkpoints written before it
     conv_outputs: bool = False
@@ -64,10 +66,20 @@ class QuantSpec(BaseModel):
 class _Leaves(fx.Tracer):
     """Keeps every Conv2d, Linear and BatchNorm2d one node, subclasses included: timm's Linear
     and BatchNormAct2d would otherwise be traced into F.linear / F.batch_norm calls, which no
-    quantizer or BN fold can be matched with."""
+    quantizer or BN fold can be matched with. `opaque` modules (by identity) are one node too:
+    blocks fx cannot trace, which then stay float."""
+
+    def __init__(self, opaque: Iterable[nn.Module] = ()) -> None:
+        super().__init__()
+        self.opaque = {id(m) for m in opaque}
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)) or super().is_leaf_module(m, qualname)
+        return (id(m) in self.opaque or isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d))
+                or super().is_leaf_module(m, qualname))
+
+
+#: attribute of a traced GraphModule: the blocks traced as opaque nodes (kept float)
+OPAQUE_ATTR = "edgekit_opaque"
 
 
 #: subclasses whose forward is their base's, written differently (timm's Linear casts for TorchScript)
@@ -85,17 +97,64 @@ def _quant_class(layer: nn.Module) -> type[nn.Module] | None:
 
 
 def _trace(model: nn.Module) -> fx.GraphModule:
+    """The model as an fx graph; blocks fx cannot trace become opaque nodes (OPAQUE_ATTR)."""
+    try:
+        gm = fx.GraphModule(model, _traced(model, {}))
+        setattr(gm, OPAQUE_ATTR, [])
+        return gm
+    except Exception as e:  # noqa: BLE001
+        first = f"{type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''}"
+    opaque = _untraceable(model)
+    if not opaque:
+        raise InputError(f"cannot quantize this model: torch.fx could not trace it ({first}); edgekit "
+                         "needs a traceable forward to fold batch norms and place quantizers")
+    gm = fx.GraphModule(model, _traced(model, opaque))
+    setattr(gm, OPAQUE_ATTR, sorted(opaque))
+    return gm
+
+
+def _traced(model: nn.Module, opaque: dict[str, nn.Module]) -> fx.Graph:
     from ..models.clone import drop_eval_caches
 
     drop_eval_caches(model)
     try:
-        return fx.GraphModule(model, _Leaves().trace(model))
-    except Exception as e:  # noqa: BLE001
-        raise InputError(f"cannot quantize this model: torch.fx could not trace it ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:150]}); edgekit needs a traceable forward to fold batch "
-                         "norms and place quantizers") from None
+        return _Leaves(opaque.values()).trace(model)
     finally:
         drop_eval_caches(model)  # a Proxy cached during the trace must not outlive it
+
+
+def _untraceable(model: nn.Module, limit: int = 64) -> dict[str, nn.Module]:
+    """The smallest submodules fx cannot trace (control flow on a tensor's value, dtype or shape:
+    timm's MobileViT and EfficientViT attention blocks), so the rest of the model still traces
+    around them. Found top-down: the first child that does not trace alone (with those already
+    found opaque) is searched in turn; a module whose children all trace is the culprit. {} when
+    the root itself is (nothing to keep float around)."""
+    opaque: dict[str, nn.Module] = {}
+
+    def traces(m: nn.Module) -> bool:
+        try:
+            _traced(m, opaque)
+            return True
+        except Exception:  # noqa: BLE001
+            return False
+
+    def culprit(name: str, m: nn.Module) -> str:
+        for child_name, child in m.named_children():
+            if any(child is o for o in opaque.values()):
+                continue
+            full = f"{name}.{child_name}" if name else child_name
+            if not traces(child):
+                return culprit(full, child)
+        return name
+
+    for _ in range(limit):
+        if traces(model):
+            return opaque
+        name = culprit("", model)
+        if not name or name in opaque:
+            return {}
+        opaque[name] = model.get_submodule(name)
+    return {}
 
 
 def _after_fold(bn: nn.BatchNorm2d) -> nn.Module | None:
@@ -337,6 +396,12 @@ def prepare(model: nn.Module, weights: dict[str, int], *, act_bits: int = 8, lab
     (`conv_outputs`: None follows the form; True / False forces it, to compare)."""
     folded = fold_batchnorm(model)
     gm = _trace(model)
+    opaque = getattr(gm, OPAQUE_ATTR)
+    # layers inside a block fx cannot trace stay float: no quantizer can be placed around them
+    weights = {n: b for n, b in weights.items() if not any(n == o or n.startswith(f"{o}.") for o in opaque)}
+    if not weights:
+        raise InputError(f"nothing to quantize: every Conv2d/Linear is inside blocks torch.fx cannot trace "
+                         f"({', '.join(opaque[:3])})")
     _drop_identities(gm)
     for name, b in weights.items():
         layer = gm.get_submodule(name)
@@ -355,7 +420,7 @@ def prepare(model: nn.Module, weights: dict[str, int], *, act_bits: int = 8, lab
                                     conv_outputs=conv_outputs)
     if int_bias:
         link_bias_grid(gm)
-    spec = QuantSpec(weights=dict(weights), act_bits=act_bits, tensors=chosen, unsigned=uns, folded_bn=folded,
+    spec = QuantSpec(weights=dict(weights), act_bits=act_bits, tensors=chosen, unsigned=uns, folded_bn=folded, opaque=opaque,
                      label=label, int_bias=int_bias, residual=residual, conv_outputs=conv_outputs)
     setattr(gm, SPEC_ATTR, spec.model_dump())
     return gm
