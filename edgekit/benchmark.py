@@ -13,7 +13,7 @@ from ._io import check_out_dir, staged_dir
 from .backends import DEFAULT_PRECISIONS, QAT_ONLY, Artifact, ExportContext, get_backend
 from .bench import TimingConfig, time_runners
 from .env import environment, usable_cores
-from .errors import EdgekitError
+from .errors import EdgekitError, runtime_reason
 from .inputs import check_classes, parse_backends, parse_precisions, parse_threads
 from .progress import progress_bar
 from .report import Row, render_markdown, write_results
@@ -187,7 +187,7 @@ def _verify_entries(prep: Prepared, entries: list[_Entry], threads: list[int],
             e.verification = verify(logits, ref, labels, key, tol)
         except Exception as err:  # noqa: BLE001 - an artifact that cannot run has failed its check
             e.runners.clear()
-            e.status, e.reason = "verification failed", f"could not run: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+            e.status, e.reason = "verification failed", f"could not run: {runtime_reason(err)}"
             advance(1)
             continue
         if not e.verification.passed:

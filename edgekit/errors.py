@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
+    "runtime_reason",
     "EdgekitError",
     "InputError",
     "ModelLoadError",
@@ -39,3 +42,10 @@ class UnavailableError(EdgekitError):
 
 class ConfigError(EdgekitError):
     """A YAML file (profile, recipe) that fails validation; the message names the field."""
+
+
+def runtime_reason(err: BaseException, limit: int = 300) -> str:
+    """A runtime's exception as one readable line: whitespace folded and OpenVINO's nested
+    "Exception from src/...cpp:117:" locations dropped (its first line holds nothing else)."""
+    text = re.sub(r"Exception from \S+:\d+:\s*", "", " ".join(str(err).split()))
+    return f"{type(err).__name__}: {text[:limit]}" if text else type(err).__name__

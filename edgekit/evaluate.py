@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .backends import BACKENDS, all_backends, get_backend
-from .errors import EdgekitError, ModelLoadError
+from .errors import EdgekitError, ModelLoadError, runtime_reason
 from .inputs import check_classes
 from .verify import accuracy, predict
 
@@ -72,8 +72,7 @@ def evaluate(model: str | Path, *, data: str | Path, arch: str | None = None,
         except EdgekitError:
             raise
         except Exception as e:  # noqa: BLE001 - a truncated .onnx, an .xml without its .bin, ...
-            reason = " ".join(str(e).split())[:300] or type(e).__name__
-            raise ModelLoadError(f"{backend_name} cannot load {path}: {reason}") from None
+            raise ModelLoadError(f"{backend_name} cannot load {path}: {runtime_reason(e)}") from None
     else:
         from .backends.torch import TorchRunner
         from .models import load_model

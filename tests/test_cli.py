@@ -252,3 +252,11 @@ def test_eval_zoo_model_on_digits(monkeypatch, capsys):
     assert code == 0
     r = json.loads(out.strip().splitlines()[-1])
     assert r["images"] == 360 and r["backend"] == "torch"
+
+
+def test_runtime_reason_drops_openvino_source_locations(bad_inputs, monkeypatch, capsys):
+    """OpenVINO prefixes its reason with nested 'Exception from src/...cpp:N:' lines; the error
+    line (and a table's 'could not run' reason) keeps the reason itself."""
+    code, _, err = run_inprocess(monkeypatch, capsys, "eval", str(bad_inputs["ov_xml"]), "--data", "digits")
+    _assert_clean_error(code, err, "openvino cannot load", "bin file cannot be found")
+    assert "Exception from" not in err, err
