@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Iterable, Literal
+from typing import Iterable, Literal, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -96,15 +96,17 @@ def _quant_class(layer: nn.Module) -> type[nn.Module] | None:
     return None
 
 
-def _trace(model: nn.Module) -> fx.GraphModule:
-    """The model as an fx graph; blocks fx cannot trace become opaque nodes (OPAQUE_ATTR)."""
+def _trace(model: nn.Module, opaque: Sequence[str] | None = None) -> fx.GraphModule:
+    """The model as an fx graph; blocks fx cannot trace become opaque nodes (OPAQUE_ATTR).
+    `opaque`: those blocks' names when already known (a stored spec, a second trace), else searched."""
+    known = {} if opaque is None else {n: model.get_submodule(n) for n in opaque}
     try:
-        gm = fx.GraphModule(model, _traced(model, {}))
-        setattr(gm, OPAQUE_ATTR, [])
+        gm = fx.GraphModule(model, _traced(model, known))
+        setattr(gm, OPAQUE_ATTR, sorted(known))
         return gm
     except Exception as e:  # noqa: BLE001
         first = f"{type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''}"
-    opaque = _untraceable(model)
+    opaque = _untraceable(model) if opaque is None else {}
     if not opaque:
         raise InputError(f"cannot quantize this model: torch.fx could not trace it ({first}); edgekit "
                          "needs a traceable forward to fold batch norms and place quantizers")
@@ -147,13 +149,13 @@ def _untraceable(model: nn.Module, limit: int = 64) -> dict[str, nn.Module]:
                 return culprit(full, child)
         return name
 
-    for _ in range(limit):
-        if traces(model):
-            return opaque
+    while len(opaque) < limit:  # the caller saw the whole model fail to trace
         name = culprit("", model)
-        if not name or name in opaque:
+        if not name:
             return {}
         opaque[name] = model.get_submodule(name)
+        if traces(model):
+            return opaque
     return {}
 
 
@@ -171,9 +173,12 @@ def fold_batchnorm(model: nn.Module) -> list[str]:
     """Fold every BatchNorm2d that directly follows a Conv2d (its only user) into the conv, in
     place; the BN becomes an Identity (or the activation a norm+act layer carries). Returns the
     folded BN names."""
+    return _fold_batchnorm(model, _trace(model))
+
+
+def _fold_batchnorm(model: nn.Module, gm: fx.GraphModule) -> list[str]:
     from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-    gm = _trace(model)
     mods = dict(model.named_modules())
     folded = []
     for node in gm.graph.nodes:
@@ -391,17 +396,20 @@ def link_bias_grid(gm: fx.GraphModule) -> None:
 
 def prepare(model: nn.Module, weights: dict[str, int], *, act_bits: int = 8, label: str = "int8",
             tensors: list[str] | None = None, unsigned: bool | list[str] = False,
-            int_bias: bool = True, residual: str = "rounded", conv_outputs: bool | None = None) -> fx.GraphModule:
+            int_bias: bool = True, residual: str = "rounded", conv_outputs: bool | None = None,
+            opaque: list[str] | None = None) -> fx.GraphModule:
     """Fold BN, swap the planned layers for fake-quant ones, quantize their input tensors (and
     residual adds'). The caller calibrates. `model` itself is modified (BN folded).
     `unsigned=True`: non-negative tensors on the unsigned grid (not for TensorRT).
     `int_bias`: biases on the INT32 grid the integer kernels add (see fakequant.py).
     `residual`: "fused" for OpenVINO (see QuantSpec.residual); "rounded" with `unsigned=True` is
     ONNX Runtime's form, which also quantizes INT8 conv outputs that a float op consumes
-    (`conv_outputs`: None follows the form; True / False forces it, to compare)."""
-    folded = fold_batchnorm(model)
-    gm = _trace(model)
+    (`conv_outputs`: None follows the form; True / False forces it, to compare). `opaque`: the
+    blocks to keep float as fx cannot trace them, when known (a stored spec); None searches."""
+    gm = _trace(model, opaque)  # the search for untraceable blocks runs once, here
     opaque = getattr(gm, OPAQUE_ATTR)
+    folded = _fold_batchnorm(model, gm)
+    gm = _trace(model, opaque)  # the folded batch norms are gone from the graph
     # layers inside a block fx cannot trace stay float: no quantizer can be placed around them
     weights = {n: b for n, b in weights.items() if not any(n == o or n.startswith(f"{o}.") for o in opaque)}
     if not weights:
@@ -436,7 +444,7 @@ def rebuild(model: nn.Module, spec: dict) -> fx.GraphModule:
     state_dict afterwards)."""
     s = QuantSpec.model_validate(spec)
     return prepare(model, s.weights, act_bits=s.act_bits, label=s.label, tensors=s.tensors, unsigned=s.unsigned,
-                   int_bias=s.int_bias, residual=s.residual, conv_outputs=s.conv_outputs)
+                   int_bias=s.int_bias, residual=s.residual, conv_outputs=s.conv_outputs, opaque=s.opaque)
 
 
 def spec_of(model: nn.Module) -> QuantSpec | None:
