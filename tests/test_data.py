@@ -210,6 +210,18 @@ def test_corrupt_image_fails_on_decode(tmp_path: Path) -> None:
     assert str(corrupt) in str(err.value) and "\n" not in str(err.value)
 
 
+def test_split_too_large_for_memory_is_refused_before_any_file_is_read(tmp_path: Path) -> None:
+    # 9 evaluation images at 3x200000x200000 would need about 1 TiB once decoded: refused up front,
+    # not killed by the kernel's OOM killer an hour into decoding an ImageNet-size folder
+    root = _image_tree(tmp_path / "big")
+    (root / "dog" / "zz_corrupt.jpg").write_bytes(os.urandom(2048))  # reading any file would fail differently
+    ds = load_dataset(root, input_size=(3, 200_000, 200_000))
+    with pytest.raises(DataError, match=r"big/eval: 9 images at 3x200000x200000 need 1005\.8 GiB in memory once "
+                                        r"decoded, and [\d.]+ GiB is available: use a subset \(--limit / "
+                                        r"--train-limit N\) or a smaller input size$"):
+        ds.eval.images
+
+
 def test_bad_input_size() -> None:
     with pytest.raises(InputError):
         load_dataset("digits", input_size=(4, 32, 32))

@@ -115,6 +115,7 @@ class Split:
         """uint8 (N, C, H, W); decoded on first access, then cached."""
         if self._images is None:
             assert self._paths is not None
+            _check_fits(len(self._paths), self._input_size, self.name)
             self._images = _decode_all(self._paths, self._input_size, self._resize)
         return self._images
 
@@ -229,6 +230,46 @@ def _stratified_order(labels: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 # ---- decoding ---------------------------------------------------------------------------------
+
+_MEMORY_SHARE = 0.8  # of the memory available now: the model, the runtime and the batches need the rest
+
+
+def _check_fits(n: int, input_size: tuple[int, int, int], name: str) -> None:
+    """Refuse, before the first file is read, a split whose decoded pixels cannot fit in memory.
+
+    The tensor is allocated lazily, so without this an ImageNet-size train/ folder would decode
+    for an hour and then be killed by the kernel's OOM killer, with no message at all.
+    """
+    need = n * input_size[0] * input_size[1] * input_size[2]
+    avail = available_memory()
+    if avail is not None and need > _MEMORY_SHARE * avail:
+        c, h, w = input_size
+        raise DataError(
+            f"{name or 'the images'}: {n:,} images at {c}x{h}x{w} need {need / 2**30:.1f} GiB in memory "
+            f"once decoded, and {avail / 2**30:.1f} GiB is available: use a subset (--limit / --train-limit N) "
+            "or a smaller input size")
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate: the kernel's MemAvailable, capped by a cgroup v2
+    limit (a container's `--memory`); None where neither can be read (not Linux)."""
+    found: list[int] = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            found.append(max(int(limit) - used, 0))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
 
 
 def _decode_all(paths: list[str], input_size: tuple[int, int, int], resize: int | None) -> torch.Tensor:
