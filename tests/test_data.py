@@ -210,16 +210,36 @@ def test_corrupt_image_fails_on_decode(tmp_path: Path) -> None:
     assert str(corrupt) in str(err.value) and "\n" not in str(err.value)
 
 
-def test_split_too_large_for_memory_is_refused_before_any_file_is_read(tmp_path: Path) -> None:
-    # 9 evaluation images at 3x200000x200000 would need about 1 TiB once decoded: refused up front,
-    # not killed by the kernel's OOM killer an hour into decoding an ImageNet-size folder
+def test_split_too_large_for_memory_is_streamed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 9 evaluation images at 3x200000x200000 would need about 1 TiB once decoded: asking for them
+    # all at once is refused before any file is read (not killed by the OOM killer an hour into
+    # decoding), and the split says it streams
     root = _image_tree(tmp_path / "big")
     (root / "dog" / "zz_corrupt.jpg").write_bytes(os.urandom(2048))  # reading any file would fail differently
-    ds = load_dataset(root, input_size=(3, 200_000, 200_000))
+    big = load_dataset(root, input_size=(3, 200_000, 200_000)).eval
     with pytest.raises(DataError, match=r"big/eval: 9 images at 3x200000x200000 need 1005\.8 GiB in memory once "
-                                        r"decoded, and [\d.]+ GiB is available: use a subset \(--limit / "
-                                        r"--train-limit N\) or a smaller input size$"):
-        ds.eval.images
+                                        r"decoded, and [\d.]+ GiB is free to hold them: read it with \.batches\(\) "
+                                        r"or \.read_batches\(\), which stream it, or take a \.subset\(N\)$"):
+        big.images
+    assert big.streamed and big.nbytes == 9 * 3 * 200_000**2
+    # a streamed split reads the same pixels and batches, decoded from the files each time
+    root = _image_tree(tmp_path / "small", per_class=7)
+    kept = load_dataset(root, input_size=(3, 32, 32)).eval
+    assert not kept.streamed  # decided once, on first use
+    monkeypatch.setenv("EDGEKIT_MAX_MEMORY_GB", "0")
+    streamed = load_dataset(root, input_size=(3, 32, 32)).eval
+    assert streamed.streamed and not kept.streamed
+    a = list(kept.batches(3, mean=0.5, std=0.25))
+    b = list(streamed.batches(3, mean=0.5, std=0.25))
+    assert len(a) == len(b) == 4 and all(torch.equal(x, y) and torch.equal(i, j) for (x, i), (y, j) in zip(a, b))
+    index = [torch.tensor([4, 0]), torch.tensor([1]), torch.tensor([3, 2, 5])]
+    assert all(torch.equal(x, kept.images[i]) for x, i in zip(streamed.read_batches(index), index))
+    assert streamed._images is None  # nothing was kept
+    with pytest.raises(DataError, match=r"EDGEKIT_MAX_MEMORY_GB allows 0\.0 GiB"):
+        streamed.images
+    monkeypatch.setenv("EDGEKIT_MAX_MEMORY_GB", "lots")
+    with pytest.raises(InputError, match=r"EDGEKIT_MAX_MEMORY_GB must be a number of GB \(e\.g\. 8 or 0\.5\), got 'lots'"):
+        load_dataset(root, input_size=(3, 32, 32)).eval.streamed
 
 
 def test_bad_input_size() -> None:

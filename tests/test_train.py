@@ -300,3 +300,28 @@ def test_channels_last_trains_the_same_model(tmp_path, resnet20_path, cifar_dir)
     old.pop("channels_last")
     assert _same_config(old, TrainConfig(**base)) == []
     assert _same_config(old, TrainConfig(**base, channels_last=False)) == ["channels_last"]
+
+
+def test_a_streamed_train_split_trains_the_same_model(tmp_path, resnet20_path, cifar_dir, monkeypatch):
+    """A train/ too large to keep decoded is read from its files batch by batch (the next batch
+    decoded in a thread): the same pixels, augmentation and order, so bit-identical weights and
+    held-out scores. EDGEKIT_MAX_MEMORY_GB=0 makes every split "too large"."""
+    cfg = TrainConfig(epochs=1, batch_size=64, lr=0.01, train_limit=320, eval_limit=200)
+    runs = {}
+    for budget in (None, "0"):
+        if budget is None:
+            monkeypatch.delenv("EDGEKIT_MAX_MEMORY_GB", raising=False)
+        else:
+            monkeypatch.setenv("EDGEKIT_MAX_MEMORY_GB", budget)
+        res = finetune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / f"m{budget}",
+                       config=cfg, progress=False)
+        runs[budget] = (res, torch.load(res.last_path, weights_only=True)["state_dict"])
+    (mem, w_mem), (stream, w_stream) = runs[None], runs["0"]
+    summary = {b: json.loads((r.run_dir / "summary.json").read_text()) for b, (r, _) in runs.items()}
+    assert summary[None]["streamed"] == {"train": False, "eval": False}
+    assert summary["0"]["streamed"] == {"train": True, "eval": True}
+    assert all(torch.equal(w_mem[k], w_stream[k]) for k in w_mem)
+    assert [h["eval_top1"] for h in mem.history] == [h["eval_top1"] for h in stream.history]
+    assert mem.initial_top1 == stream.initial_top1
+    assert not all(torch.equal(w_mem[k], v) for k, v in edgekit.load_model(
+        resnet20_path, arch="cifar_resnet20").module.state_dict().items())  # it trained

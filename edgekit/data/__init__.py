@@ -1,6 +1,6 @@
 """Datasets for calibration and evaluation: `load_dataset("digits")` or `load_dataset(folder)`.
 
-Nothing is decoded until a split's `.images` is read, and subsets are chosen from the file list
+Nothing is decoded until a split is read, and subsets are chosen from the file list
 first, so `load_dataset(path).evaluation(500)` decodes 500 images, not the whole folder.
 """
 

@@ -1,8 +1,10 @@
 """A labelled list of images, decoded lazily once and kept in memory as uint8.
 
-Edge workflows (calibration, accuracy checks, benchmarks) read the same few thousand images many
-times, so a split decodes once into one uint8 tensor (4x smaller than float) and normalizes per batch.
-Selecting a subset works on the path list, so `subset(500)` of 10,000 images decodes only 500.
+Edge workflows (calibration, accuracy checks, benchmarks, training epochs) read the same images
+many times, so a split decodes once into one uint8 tensor (4x smaller than float) and normalizes
+per batch. Selecting a subset works on the path list, so `subset(500)` of 10,000 images decodes
+only 500. A split too large for memory (see `memory_budget`) is streamed instead: `read` and
+`batches` decode each batch from the files, the next one in a thread while the caller works.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from torchvision.transforms import InterpolationMode
 
 from edgekit.errors import DataError, InputError
 
-__all__ = ["Split", "check_input_size"]
+__all__ = ["Split", "available_memory", "check_input_size", "memory_budget"]
 
 _MAX_THREADS = 4
 _CHUNK = 64  # images per thread task: large enough to amortize scheduling, small enough to fail fast
@@ -61,6 +63,7 @@ class Split:
         self._input_size = check_input_size(input_size, resize)
         self._resize = resize
         self._images: torch.Tensor | None = None
+        self._streamed: bool | None = None  # decided on first read, then kept
         self.name = name
 
     @classmethod
@@ -80,6 +83,7 @@ class Split:
         self._input_size = check_input_size(images.shape[1:])
         self._resize = None
         self._images = images.contiguous()
+        self._streamed = False
         self.name = name
         return self
 
@@ -111,13 +115,70 @@ class Split:
         return self._input_size
 
     @property
+    def nbytes(self) -> int:
+        """Bytes of the whole split once decoded (uint8)."""
+        c, h, w = self._input_size
+        return len(self) * c * h * w
+
+    @property
+    def streamed(self) -> bool:
+        """True when the split is too large to keep decoded (see `memory_budget`): `read` and
+        `batches` then decode from the files every time. Decided on first use, then kept.
+
+        The decoded tensor is allocated lazily, so without this an ImageNet-size folder would decode
+        for an hour and then be killed by the kernel's OOM killer, with no message at all."""
+        if self._streamed is None:
+            budget = memory_budget()
+            self._streamed = self._images is None and budget is not None and self.nbytes > budget
+        return self._streamed
+
+    @property
     def images(self) -> torch.Tensor:
-        """uint8 (N, C, H, W); decoded on first access, then cached."""
+        """uint8 (N, C, H, W); decoded on first access, then cached. Refused (DataError) for a split
+        that does not fit in memory: use `read` / `batches`, which stream it."""
         if self._images is None:
             assert self._paths is not None
-            _check_fits(len(self._paths), self._input_size, self.name)
+            if self.streamed:
+                raise DataError(self._too_large())
             self._images = _decode_all(self._paths, self._input_size, self._resize)
         return self._images
+
+    def _too_large(self) -> str:
+        c, h, w = self._input_size
+        budget = memory_budget() or 0
+        where = f"{MEMORY_ENV} allows {budget / 2**30:.1f} GiB" if os.environ.get(MEMORY_ENV, "").strip() \
+            else f"{budget / 2**30:.1f} GiB is free to hold them"
+        return (f"{self.name or 'the images'}: {len(self):,} images at {c}x{h}x{w} need {self.nbytes / 2**30:.1f} GiB "
+                f"in memory once decoded, and {where}: read it with .batches() or .read_batches(), which "
+                "stream it, or take a .subset(N)")
+
+    def read(self, index: torch.Tensor) -> torch.Tensor:
+        """uint8 images at `index`: from memory (the whole split decoded on first use), or decoded
+        from their files now when the split is `streamed`."""
+        if self.streamed:
+            assert self._paths is not None
+            return _decode_all([self._paths[i] for i in index.tolist()], self._input_size, self._resize)
+        return self.images[index]
+
+    def read_batches(self, indices: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """`read` of each index batch in turn; a streamed split decodes the next batch in a thread
+        while the caller works on this one (PIL releases the GIL while it decodes)."""
+        if not self.streamed:
+            for index in indices:
+                yield self.read(index)
+            return
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgekit-stream")
+        try:
+            it = iter(indices)
+            first = next(it, None)
+            pending = None if first is None else pool.submit(self.read, first)
+            while pending is not None:
+                nxt = next(it, None)
+                ahead = None if nxt is None else pool.submit(self.read, nxt)
+                yield pending.result()
+                pending = ahead
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     # ---- selection (before decoding) --------------------------------------------------------
 
@@ -172,9 +233,13 @@ class Split:
         c = self._input_size[0]
         m = _per_channel(mean, c, "mean")
         s = _per_channel(std, c, "std")
-        images = self.images
-        for start in range(0, len(self), batch_size):
-            x = images[start : start + batch_size].to(torch.float32).div_(255.0).sub_(m).div_(s)
+        starts = range(0, len(self), batch_size)
+        if self.streamed:
+            chunks = self.read_batches(torch.arange(i, min(i + batch_size, len(self))) for i in starts)
+        else:
+            chunks = (self.images[i : i + batch_size] for i in starts)
+        for start, chunk in zip(starts, chunks):
+            x = chunk.to(torch.float32).div_(255.0).sub_(m).div_(s)
             yield x.to(dtype), self._labels[start : start + batch_size]
 
     def numpy_batches(
@@ -232,22 +297,23 @@ def _stratified_order(labels: torch.Tensor, seed: int) -> torch.Tensor:
 # ---- decoding ---------------------------------------------------------------------------------
 
 _MEMORY_SHARE = 0.8  # of the memory available now: the model, the runtime and the batches need the rest
+MEMORY_ENV = "EDGEKIT_MAX_MEMORY_GB"
 
 
-def _check_fits(n: int, input_size: tuple[int, int, int], name: str) -> None:
-    """Refuse, before the first file is read, a split whose decoded pixels cannot fit in memory.
-
-    The tensor is allocated lazily, so without this an ImageNet-size train/ folder would decode
-    for an hour and then be killed by the kernel's OOM killer, with no message at all.
-    """
-    need = n * input_size[0] * input_size[1] * input_size[2]
+def memory_budget() -> int | None:
+    """Bytes one split may take decoded: $EDGEKIT_MAX_MEMORY_GB when set (a shared machine, or to
+    force streaming), else 80% of the memory available when asked; None where that is unknown."""
+    text = os.environ.get(MEMORY_ENV, "").strip()
+    if text:
+        try:
+            gb = float(text)
+        except ValueError:
+            gb = -1.0
+        if not 0 <= gb < float("inf"):
+            raise InputError(f"{MEMORY_ENV} must be a number of GB (e.g. 8 or 0.5), got {text!r}")
+        return int(gb * 2**30)
     avail = available_memory()
-    if avail is not None and need > _MEMORY_SHARE * avail:
-        c, h, w = input_size
-        raise DataError(
-            f"{name or 'the images'}: {n:,} images at {c}x{h}x{w} need {need / 2**30:.1f} GiB in memory "
-            f"once decoded, and {avail / 2**30:.1f} GiB is available: use a subset (--limit / --train-limit N) "
-            "or a smaller input size")
+    return None if avail is None else int(_MEMORY_SHARE * avail)
 
 
 def available_memory() -> int | None:

@@ -132,11 +132,11 @@ def evaluate_top1(model: nn.Module, split: "Split", card: "ModelCard", info: Dis
              and not p.is_contiguous() for p in model.parameters())
     norm = _normalizer(card, info.device, channels_last=cl)
     idx = torch.arange(info.rank, len(split), info.world)
-    images, labels = split.images, split.labels
+    labels = split.labels
     correct = loss = 0.0
-    for i in range(0, len(idx), batch_size):
-        b = idx[i:i + batch_size]
-        out = model(norm(images[b]))
+    batches = [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
+    for b, x in zip(batches, split.read_batches(batches)):
+        out = model(norm(x))
         y = labels[b].to(info.device)
         correct += float((out.argmax(1) == y).sum())
         loss += float(F.cross_entropy(out, y, reduction="sum"))
@@ -199,7 +199,13 @@ def train(objective: Objective, card: "ModelCard", train_split: "Split", eval_sp
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
         start_epoch, best, history, initial = st["epoch"], st["best"], st["history"], st.get("initial_top1")
-    images, labels = train_split.images, train_split.labels
+    labels = train_split.labels
+    if train_split.streamed and info.is_main and progress:
+        from rich.console import Console
+        Console(stderr=True).print(
+            f"note: {train_split.name or 'train'} ({len(train_split):,} images, "
+            f"{train_split.nbytes / 2**30:.1f} GiB decoded) exceeds the memory budget: each epoch decodes "
+            "it from the files again (set EDGEKIT_MAX_MEMORY_GB to change the budget)", highlight=False)
     norm = _normalizer(card, info.device, cfg.channels_last)
     best_path, last_path = run_dir / "best.pt", run_dir / "last.pt"
     if initial is None:
@@ -215,9 +221,9 @@ def train(objective: Objective, card: "ModelCard", train_split: "Split", eval_sp
         t0 = time.perf_counter()
         desc = f"epoch {epoch + 1}/{cfg.epochs}"
         with progress_bar(steps_per_epoch, desc, enabled=progress and info.is_main) as advance:
-            for i in range(0, len(order), cfg.batch_size):
-                idx = order[i:i + cfg.batch_size]
-                x = images[idx]
+            batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+            # from memory, or decoded from the files one batch ahead when train/ is too large for it
+            for idx, x in zip(batches, train_split.read_batches(batches)):
                 if cfg.augment:
                     x = augment_batch(x, gen, hflip=cfg.hflip)
                 y = labels[idx].to(info.device)
@@ -265,5 +271,6 @@ def train(objective: Objective, card: "ModelCard", train_split: "Split", eval_sp
     if info.is_main:
         atomic_write_text(run_dir / "summary.json", json.dumps(
             {"initial_top1": initial, "best_top1": best, "epochs": cfg.epochs, "config": cfg.model_dump(),
-             "objective": objective.describe(), "history": history, "world_size": info.world}, indent=2))
+             "objective": objective.describe(), "history": history, "world_size": info.world,
+             "streamed": {"train": train_split.streamed, "eval": eval_split.streamed}}, indent=2))
     return TrainResult(run_dir, history, best, best_path, last_path, initial, start_epoch)
