@@ -148,11 +148,15 @@ def main() -> None:
     if args.throughput_only:
         return throughput_only(student)
     t_cfg = TrainConfig(epochs=args.teacher_epochs, batch_size=128, lr=0.01, seed=0)
+    # a teacher fine-tuned longer than the first runs' 3 epochs gets its own folders (teacher and
+    # KD run), so it never resumes from, or overwrites, a committed run's teacher or record
+    t_tag = "" if args.teacher_epochs == 3 else f"_t{args.teacher_epochs}"
     (teacher, t_sec) = _timed(lambda: finetune(weights(56), arch="cifar_resnet56", data=CIFAR,
-                                               out=work / "teacher", config=t_cfg, resume=True))
+                                               out=work / f"teacher{t_tag.replace('_t', '_e')}", config=t_cfg,
+                                               resume=True))
     s_cfg = TrainConfig(epochs=args.student_epochs, batch_size=128, lr=0.05, warmup_epochs=1, seed=0)
     kd_name = "KD" if args.loss == "kd" else f"DKD (beta {args.beta:g})"
-    kd_dir = "KD" if args.loss == "kd" else f"DKD_b{args.beta:g}_wu{args.kd_warmup:g}"
+    kd_dir = ("KD" if args.loss == "kd" else f"DKD_b{args.beta:g}_wu{args.kd_warmup:g}") + t_tag
     runs = {}
     # KD first: it is the run the targets are about; the folder names carry the schedule so a
     # longer re-run never resumes from a shorter run's checkpoints.
@@ -176,7 +180,8 @@ def main() -> None:
         lo_row = _row(f"MobileNetV2-32 x{args.width} labels only", res.best_path, res, sec, args.student_epochs)
     rows.append({**lo_row, "role": "student"})
     if args.kd_record:
-        rows.append({**_record_row(args.kd_record, f"MobileNetV2-32 x{args.width} KD (Hinton, committed run)",
+        rows.append({**_record_row(args.kd_record, f"MobileNetV2-32 x{args.width} KD (Hinton, committed run"
+                                   + (", 3-epoch teacher)" if t_tag else ")"),
                                    student, s_cfg, kd_res.initial_top1), "role": "student"})
     res, sec = runs[kd_name]
     rows.append({**_row(f"MobileNetV2-32 x{args.width} {kd_name}", res.best_path, res, sec,
