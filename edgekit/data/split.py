@@ -234,10 +234,7 @@ class Split:
         m = _per_channel(mean, c, "mean")
         s = _per_channel(std, c, "std")
         starts = range(0, len(self), batch_size)
-        if self.streamed:
-            chunks = self.read_batches(torch.arange(i, min(i + batch_size, len(self))) for i in starts)
-        else:
-            chunks = (self.images[i : i + batch_size] for i in starts)
+        chunks = self.read_batches(torch.arange(i, min(i + batch_size, len(self))) for i in starts)
         for start, chunk in zip(starts, chunks):
             x = chunk.to(torch.float32).div_(255.0).sub_(m).div_(s)
             yield x.to(dtype), self._labels[start : start + batch_size]
