@@ -51,7 +51,7 @@ def run(arch: str, ds_cache: dict, work) -> dict:
     row = {"arch": arch, "input": "x".join(map(str, card.input_size))}
     t0 = time.perf_counter()
     try:
-        q = prepare(model, plan(model, 8), label="int8", unsigned=True)
+        q = prepare(model, plan(model, 8), label="int8", unsigned=True, input_size=card.input_size)
         calibrate(q, calib)
         q.eval()
         spec = spec_of(q)

@@ -212,6 +212,100 @@ def test_levit_prunes_saves_and_reloads_the_same(tmp_path):
         torch.testing.assert_close(loaded(x), pruned(x), rtol=0, atol=1e-5)
 
 
+def _levit_as_trained(num_classes=4):
+    """timm's LeViT-128S with per-channel BatchNorm1d statistics, as any trained one has (at
+    random init they are uniform, which hides what OpenVINO trips on)."""
+    torch.manual_seed(0)
+    module, card = get_model("timm/levit_128s", num_classes=num_classes)
+    g = torch.Generator().manual_seed(0)
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            n = m.num_features
+            m.running_mean.copy_(0.1 * torch.randn(n, generator=g))
+            m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+            m.weight.data.copy_(0.5 + torch.rand(n, generator=g))
+            m.bias.data.copy_(0.1 * torch.randn(n, generator=g))
+    return module.eval(), card
+
+
+def _linear_norm_bns(module):
+    """The BatchNorm1d of every LinearNorm (Linear, then BN over the flattened tokens): 46 here."""
+    names = [f"{n}.bn" for n, m in module.named_modules() if type(m).__name__ == "LinearNorm"]
+    assert len(names) == 46
+    return names
+
+
+def test_levit_int8_compiles_and_runs_on_openvino(tmp_path):
+    """Two OpenVINO compile failures of an INT8 LeViT, in both QDQ forms. (1) Its attention logits
+    get a bias table (a parameter gathered by an index buffer); quantized as an activation, that
+    constant made AddTransformation throw ('index 0 out of range'): a constant add is a bias, so
+    it stays float. (2) Its Linear + BatchNorm1d (over tokens flattened into the batch) made
+    ReshapeTransformation throw once BN statistics differ per channel: the BN is folded into the
+    Linear, as conv + BN are. Both forms now compile, run INT8 and match the fake-quant model;
+    ONNX Runtime still runs the same 52 layers in integer kernels, also where folding left
+    several Linears with equal weights."""
+    import numpy as np
+
+    from edgekit.backends.onnxruntime import OrtRunner, executed_ops
+    from edgekit.backends.openvino import OvRunner
+    from edgekit.exporters.qdq import export_qdq
+    from edgekit.quant import ActQuant, calibrate, plan, prepare, spec_of
+
+    module, card = _levit_as_trained()
+    x = torch.randn(4, *card.input_size)
+    with torch.no_grad():
+        y = module(x)
+    for form, kw in {"ort": {"unsigned": True}, "ov": {"unsigned": False, "residual": "fused"}}.items():
+        q = prepare(copy.deepcopy(module), plan(module, 8), label="int8", input_size=card.input_size, **kw)
+        assert set(_linear_norm_bns(module)) <= set(spec_of(q).folded_bn)
+        with torch.no_grad():
+            calibrate(q, [x])
+            ref = q.eval()(x).numpy()
+        assert np.abs(ref - y.numpy()).max() / np.abs(y.numpy()).max() < 0.1  # the fold kept the model
+        quantized = [n.args[0] for n in q.graph.nodes
+                     if n.op == "call_module" and isinstance(q.get_submodule(n.target), ActQuant)]
+        assert not [n.name for n in quantized if n.op == "call_function" and "getitem" in n.name], form
+        path = export_qdq(q, card, tmp_path / f"levit_{form}.onnx", target="onnxruntime")
+        runner = OvRunner(path, precision="int8", threads=2)
+        err = np.abs(runner(x.numpy()) - ref).max() / np.abs(ref).max()
+        assert err < 0.1, (form, err)
+        assert "u8" in runner.executed or "i8" in runner.executed, runner.executed
+        if form == "ort":
+            assert np.abs(OrtRunner(path, precision="int8", threads=2)(x.numpy()) - ref).max() / np.abs(ref).max() < 0.1
+            assert re.search(r"(\d+)/\d+ conv/matmul in integer", executed_ops(path, "int8")).group(1) == "52"
+    # as built, the residual branches' BNs have weight 0: folded, 14 Linears hold equal (zero)
+    # weights, which the exporter shares through Identity nodes; each MatMul still gets INT8
+    module, card = get_model("timm/levit_128s", num_classes=4)
+    q = prepare(module.eval(), plan(module, 8), label="int8", input_size=card.input_size, unsigned=True)
+    with torch.no_grad():
+        calibrate(q, [x])
+    path = export_qdq(q.eval(), card, tmp_path / "levit_as_built.onnx", target="onnxruntime")
+    assert re.search(r"(\d+)/\d+ conv/matmul in integer", executed_ops(path, "int8")).group(1) == "52"
+
+
+def test_levit_ptq_deploys_on_openvino_and_reloads(tmp_path, cifar_dir):
+    """The quantize stage folds LeViT's BatchNorm1d layers (it knows the input size), OpenVINO
+    runs the result in INT8 and verifies it on real images, and the checkpoint replays the folds
+    on reload: same outputs."""
+    from edgekit.models import save_model
+
+    module, card = _levit_as_trained(num_classes=10)
+    src = save_model(module, card, tmp_path / "levit.pt")
+    res = edgekit.quantize(src, data=cifar_dir, out=tmp_path / "q", mode="ptq", calibration_images=32, limit=48,
+                           backends=("torch", "openvino"), progress=False,
+                           timing=TimingConfig(warmup=1, iters=3, passes=1, throughput_iters=1))
+    rows = {r.backend: r for r in res.rows}
+    assert rows["openvino"].status == "ok", rows["openvino"].details.get("reason")
+    assert re.search(r"[ui]8 x\d+", rows["openvino"].details["executed"]), rows["openvino"].details["executed"]
+    from edgekit.quant import spec_of
+    from edgekit.train import evaluate_top1
+
+    again = edgekit.load_model(res.model_path)
+    assert set(_linear_norm_bns(module)) <= set(spec_of(again.module).folded_bn)
+    split = load_dataset(cifar_dir, input_size=card.input_size, resize=card.resize).evaluation(48)
+    assert evaluate_top1(again.module, split, again.card)[0] == pytest.approx(res.final_top1, abs=1e-6)
+
+
 def test_levit_quantizes(tmp_path):
     """torch.fx traces LeViT twice (BN folding, then quantizer placement); its attention-bias
     cache kept a Proxy of the first trace, which broke the second ('does not belong to this Graph')."""

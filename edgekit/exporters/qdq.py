@@ -231,21 +231,24 @@ class _Rewriter:
             name = self.producer[name].input[0]
         return name
 
-    def _transposed_matmul(self, rec: dict):
-        """The MatMul holding a Linear layer's weight as an anonymous (in, out) initializer: both
+    def _transposed_matmuls(self, rec: dict) -> list:
+        """The MatMuls holding a Linear layer's weight as an anonymous (in, out) initializer: both
         exporters write a Linear on a 3-D+ input (ConvNeXt's, a ViT's MLP) as MatMul with W^T
         constant-folded, so the name is gone; the values are the twin's dequantized weight,
-        transposed, bit for bit."""
+        transposed, bit for bit. Every MatMul reading it, directly or through Identity nodes: the
+        exporter shares equal weights that way (LeViT's zero-initialised residual BNs, folded,
+        give several all-zero weights; only the first was rewritten, the others ran in float)."""
         iw = rec["int_weight"]
         if iw.ndim != 2:
-            return None
+            return []
         want = (iw.astype(np.float32) * rec["w_scale"].astype(np.float32)[:, None]).T
+        found = []
         for node in self.graph.node:
-            if (node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in self.inits
-                    and tuple(self.inits[node.input[1]].dims) == want.shape
-                    and np.array_equal(self.values(node.input[1]), want)):
-                return node
-        return None
+            src = self._source(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+            if (src in self.inits and tuple(self.inits[src].dims) == want.shape
+                    and np.array_equal(self.values(src), want)):
+                found.append(node)
+        return found
 
     def _constant(self, name: str) -> np.ndarray | None:
         from onnx import numpy_helper
@@ -317,13 +320,11 @@ class _Rewriter:
             done.add(name)
         for name in sorted(set(self.records) - done):
             rec = self.records[name]
-            if any(_same_weight(rec, self.records[d]) for d in done):
-                done.add(name)  # an exporter merged its weight with an equal one, already in integers
-                continue
-            node = self._transposed_matmul(rec)
-            if node is not None:
-                self._weight(node, self.records[name], transposed=True)
-                done.add(name)
+            nodes = self._transposed_matmuls(rec)
+            for node in nodes:
+                self._weight(node, rec, transposed=True)
+            if nodes or any(_same_weight(rec, self.records[d]) for d in done):
+                done.add(name)  # (or an exporter merged its weight with an equal one, already in integers)
         missing = sorted(set(self.records) - done)
         if missing:
             raise ExportError(f"QDQ export: layer(s) {', '.join(missing[:3])} not found in the ONNX graph "

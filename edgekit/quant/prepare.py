@@ -176,11 +176,12 @@ def fold_batchnorm(model: nn.Module) -> list[str]:
     return _fold_batchnorm(model, _trace(model))
 
 
-def _fold_batchnorm(model: nn.Module, gm: fx.GraphModule) -> list[str]:
+def _fold_batchnorm(model: nn.Module, gm: fx.GraphModule, input_size: Sequence[int] | None = None,
+                    linear_bn: Iterable[str] | None = None) -> list[str]:
     from torch.nn.utils.fusion import fuse_conv_bn_weights
 
     mods = dict(model.named_modules())
-    folded = []
+    folded = _fold_linear_bn(model, gm, input_size, linear_bn)
     for node in gm.graph.nodes:
         if node.op != "call_module" or not isinstance(mods.get(node.target), nn.BatchNorm2d):
             continue
@@ -199,6 +200,92 @@ def _fold_batchnorm(model: nn.Module, gm: fx.GraphModule) -> list[str]:
         conv.weight, conv.bias = w, b
         model.set_submodule(node.target, rest)
         folded.append(node.target)
+    return folded
+
+
+def _linear_bn_pairs(gm: fx.GraphModule, mods: dict[str, nn.Module]) -> list[tuple[fx.Node, fx.Node]]:
+    """(linear, batchnorm1d) nodes where the BN normalizes the Linear's output, directly or through
+    `flatten(0, 1)` (tokens into the batch), and nothing else reads that output's values."""
+    pairs = []
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or type(mods.get(node.target)) is not nn.BatchNorm1d:
+            continue
+        src = node.args[0]
+        if isinstance(src, fx.Node) and len(src.users) == 1 and _flattens_first_two(src):
+            src = src.args[0]
+        if not (isinstance(src, fx.Node) and src.op == "call_module" and isinstance(mods.get(src.target), nn.Linear)
+                and _quant_class(mods[src.target]) is not None):
+            continue
+        if sum(not _reads_shape_only(u, src) for u in src.users) == 1:
+            pairs.append((src, node))
+    return pairs
+
+
+def _flattens_first_two(node: fx.Node) -> bool:
+    """x.flatten(0, 1) / torch.flatten(x, 0, 1), positional or by keyword."""
+    if not ((node.op == "call_method" and node.target == "flatten")
+            or (node.op == "call_function" and node.target is torch.flatten)) or not node.args:
+        return False
+    args = list(node.args[1:3])
+    start = args[0] if args else node.kwargs.get("start_dim", 0)
+    end = args[1] if len(args) > 1 else node.kwargs.get("end_dim", -1)
+    return (start, end) == (0, 1)
+
+
+def _reads_shape_only(user: fx.Node, src: fx.Node) -> bool:
+    """Does `user` read only the shape of `src` (y.reshape_as(src), src.size(), src.shape)?"""
+    if user.op == "call_method" and user.target in ("reshape_as", "view_as", "expand_as"):
+        return user.args[0] is not src
+    if user.op == "call_method" and user.target in ("size", "dim"):
+        return True
+    return user.op == "call_function" and user.target is getattr and user.args[1:] in (("shape",), ("ndim",))
+
+
+def _fold_linear_bn(model: nn.Module, gm: fx.GraphModule, input_size: Sequence[int] | None,
+                    replay: Iterable[str] | None) -> list[str]:
+    """Fold each BatchNorm1d that follows a Linear (timm's LeViT: Linear, then BN over the tokens
+    flattened into the batch) into that Linear, as conv + BatchNorm2d are. Unfolded, OpenVINO's
+    low-precision ReshapeTransformation fails to compile the INT8 graph once the BN's statistics
+    differ per channel (any trained model). BN1d normalizes dim 1, so the fold is exact only where
+    the BN's input is (N, C) with C the Linear's outputs: checked by running the graph at
+    `input_size` (no fold without it), or `replay` names the BNs a stored spec folded."""
+    from torch.nn.utils.fusion import fuse_linear_bn_weights
+
+    mods = dict(model.named_modules())
+    pairs = _linear_bn_pairs(gm, mods)
+    if replay is not None:
+        names = set(replay)
+        pairs = [(lin, bn) for lin, bn in pairs if bn.target in names]
+    elif input_size is None or not pairs:
+        return []
+    else:
+        from torch.fx.passes.shape_prop import ShapeProp
+
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                ShapeProp(gm).propagate(torch.zeros(2, *input_size))
+        except Exception:  # noqa: BLE001 - no shapes, no fold: the graph stays as it is
+            return []
+        finally:
+            model.train(was_training)
+
+        def fits(lin: fx.Node, bn: fx.Node) -> bool:
+            meta = bn.args[0].meta.get("tensor_meta")
+            return meta is not None and len(meta.shape) == 2 and meta.shape[1] == mods[lin.target].out_features
+
+        pairs = [(lin, bn) for lin, bn in pairs if fits(lin, bn)]
+    folded = []
+    for lin_node, bn_node in pairs:
+        lin, bn = mods[lin_node.target], mods[bn_node.target]
+        if bn.num_features != lin.out_features:  # rebuilding a pruned checkpoint: weights come after
+            bn = nn.BatchNorm1d(lin.out_features)
+        w, b = fuse_linear_bn_weights(lin.weight, lin.bias, bn.running_mean, bn.running_var, bn.eps,
+                                      bn.weight, bn.bias)
+        lin.weight, lin.bias = w, nn.Parameter(b.detach(), requires_grad=w.requires_grad)
+        model.set_submodule(bn_node.target, nn.Identity())
+        folded.append(bn_node.target)
     return folded
 
 
@@ -318,6 +405,19 @@ def _feeds_float_op(node: fx.Node, mods: dict[str, nn.Module]) -> bool:
             and any(_clip_bounds(u, mods) is None for u in node.users))
 
 
+def _constant_nodes(gm: fx.GraphModule) -> set[fx.Node]:
+    """Nodes computed from parameters and buffers alone, not from the input (LeViT's attention-bias
+    table: a parameter gathered by an index buffer). An add of such a constant is a bias, not a
+    residual: quantizing it as an activation buys no integer kernel, and OpenVINO's low-precision
+    AddTransformation fails to compile a dequantized constant entering an add ('index 0 out of range')."""
+    const: set[fx.Node] = set()
+    for node in gm.graph.nodes:  # topological order
+        if node.op == "get_attr" or (node.op in ("call_function", "call_method", "call_module")
+                                     and node.all_input_nodes and all(a in const for a in node.all_input_nodes)):
+            const.add(node)
+    return const
+
+
 def _quantize_tensors(gm: fx.GraphModule, layers: set[str], act_bits: int,
                       tensors: list[str] | None, unsigned: bool | list[str],
                       fused_residual: bool = False, conv_outputs: bool = False) -> tuple[list[str], list[str]]:
@@ -327,15 +427,17 @@ def _quantize_tensors(gm: fx.GraphModule, layers: set[str], act_bits: int,
     executes it, see `_fused_into_add`), and with `conv_outputs` also INT8 conv outputs that a
     float op consumes (`_feeds_float_op`). `unsigned`: True quantizes the non-negative ones
     unsigned; a list replays a stored choice. Returns (tensors, unsigned tensors)."""
+    const = _constant_nodes(gm)
+
     def consumers(node: fx.Node) -> list[fx.Node]:
         return [u for u in node.users
                 if (u.op == "call_module" and u.target in layers and u.args and u.args[0] is node)
-                or _is_add(u)]
+                or (_is_add(u) and not any(a in const for a in u.args))]
 
     nodes = {n.name: n for n in gm.graph.nodes}
     mods = dict(gm.named_modules())
     if tensors is None:
-        chosen = [n for n in gm.graph.nodes if n.op not in ("output", "get_attr") and consumers(n)
+        chosen = [n for n in gm.graph.nodes if n.op not in ("output", "get_attr") and n not in const and consumers(n)
                   and not (fused_residual and _fused_into_add(n, mods))]
         if conv_outputs:
             chosen = [n for n in gm.graph.nodes if n in chosen or _feeds_float_op(n, mods)]
@@ -397,7 +499,8 @@ def link_bias_grid(gm: fx.GraphModule) -> None:
 def prepare(model: nn.Module, weights: dict[str, int], *, act_bits: int = 8, label: str = "int8",
             tensors: list[str] | None = None, unsigned: bool | list[str] = False,
             int_bias: bool = True, residual: str = "rounded", conv_outputs: bool | None = None,
-            opaque: list[str] | None = None) -> fx.GraphModule:
+            opaque: list[str] | None = None, input_size: Sequence[int] | None = None,
+            folded_bn: list[str] | None = None) -> fx.GraphModule:
     """Fold BN, swap the planned layers for fake-quant ones, quantize their input tensors (and
     residual adds'). The caller calibrates. `model` itself is modified (BN folded).
     `unsigned=True`: non-negative tensors on the unsigned grid (not for TensorRT).
@@ -405,10 +508,12 @@ def prepare(model: nn.Module, weights: dict[str, int], *, act_bits: int = 8, lab
     `residual`: "fused" for OpenVINO (see QuantSpec.residual); "rounded" with `unsigned=True` is
     ONNX Runtime's form, which also quantizes INT8 conv outputs that a float op consumes
     (`conv_outputs`: None follows the form; True / False forces it, to compare). `opaque`: the
-    blocks to keep float as fx cannot trace them, when known (a stored spec); None searches."""
+    blocks to keep float as fx cannot trace them, when known (a stored spec); None searches.
+    `input_size` (C, H, W) also folds BatchNorm1d into a Linear before it (`_fold_linear_bn`);
+    `folded_bn` replays a stored spec's folds instead."""
     gm = _trace(model, opaque)  # the search for untraceable blocks runs once, here
     opaque = getattr(gm, OPAQUE_ATTR)
-    folded = _fold_batchnorm(model, gm)
+    folded = _fold_batchnorm(model, gm, input_size, folded_bn)
     gm = _trace(model, opaque)  # the folded batch norms are gone from the graph
     # layers inside a block fx cannot trace stay float: no quantizer can be placed around them
     weights = {n: b for n, b in weights.items() if not any(n == o or n.startswith(f"{o}.") for o in opaque)}
@@ -444,7 +549,8 @@ def rebuild(model: nn.Module, spec: dict) -> fx.GraphModule:
     state_dict afterwards)."""
     s = QuantSpec.model_validate(spec)
     return prepare(model, s.weights, act_bits=s.act_bits, label=s.label, tensors=s.tensors, unsigned=s.unsigned,
-                   int_bias=s.int_bias, residual=s.residual, conv_outputs=s.conv_outputs, opaque=s.opaque)
+                   int_bias=s.int_bias, residual=s.residual, conv_outputs=s.conv_outputs, opaque=s.opaque,
+                   folded_bn=s.folded_bn)
 
 
 def spec_of(model: nn.Module) -> QuantSpec | None:

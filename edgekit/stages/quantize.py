@@ -111,6 +111,7 @@ def quantize(model: str | Path, *, data: str | Path, out: str | Path, mode: str 
         raise InputError(f"the model's classes do not match {data} ({note}); PTQ cannot train a new "
                          "head: fine-tune first (edgekit finetune) or use --mode qat")
     module.eval()
+    form["input_size"] = tuple(card.input_size)  # lets prepare() fold BatchNorm1d into a Linear
     float_model = clone_module(module).eval()
     eval_split = ds.evaluation(limit, seed=seed)
     calib_split = ds.calibration(calibration_images, seed=seed)

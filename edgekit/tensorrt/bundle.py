@@ -76,7 +76,7 @@ def _ptq_int8(ctx: "ExportContext"):
     from ..quant import calibrate, plan, prepare
 
     module = clone_module(ctx.module).eval()
-    q = prepare(module, plan(module, 8), label="int8")
+    q = prepare(module, plan(module, 8), label="int8", input_size=ctx.card.input_size)
     calibrate(q, [torch.from_numpy(b) for b in ctx.calibration_batches(64)])
     return q.eval()
 
