@@ -3,8 +3,10 @@ bit widths, put activation quantizers on the tensors the deployed graph quantize
 
 - Batch norms are folded *before* quantization, so the weights QAT learns on the integer grid are
   exactly the ones the exported graph holds (a runtime folding BN later would move them off it).
+  BatchNorm2d after a Conv2d always; BatchNorm1d after a Linear when the input size is given.
 - Activation quantizers belong to tensors, not layers: every tensor that feeds a quantized layer
-  or a residual add gets one ActQuant, shared by those consumers. That is the placement runtimes
+  or a residual add gets one ActQuant, shared by those consumers. Tensors computed from
+  parameters alone (a bias table) are constants, not activations: they get none. That is the placement runtimes
   fuse: ONNX Runtime turns DQ -> Conv -> (Relu) -> Q into QLinearConv and quantized adds into
   QLinearAdd; OpenVINO and TensorRT run the add in INT8 instead of re-quantizing around it.
 - With `unsigned=True` (the model is for ONNX Runtime / OpenVINO, not TensorRT), a tensor that
