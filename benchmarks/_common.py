@@ -25,12 +25,16 @@ def weights(depth: int) -> Path:
 
 
 def distilled_student() -> Path | None:
-    """The KD student of the longest finished benchmarks/distill.py run (summary.json marks a
-    finished run), or None."""
+    """EDGEKIT_STUDENT (a checkpoint) when set; else the KD student of the longest finished
+    benchmarks/distill.py run (summary.json marks a finished run; the newest among equally long
+    ones), or None. Results name the student's run folder, since a later distill.py run changes
+    which one this picks."""
     import json
 
+    if os.environ.get("EDGEKIT_STUDENT"):
+        return Path(os.environ["EDGEKIT_STUDENT"])
     done = list((WORK / "distill").glob("KD*/summary.json"))
     if not done:
         return None
-    best = max(done, key=lambda p: json.loads(p.read_text()).get("epochs", 0))
+    best = max(done, key=lambda p: (json.loads(p.read_text()).get("epochs", 0), p.stat().st_mtime))
     return best.parent / "last.pt"

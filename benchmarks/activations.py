@@ -38,7 +38,7 @@ def models() -> dict[str, tuple[Path, str | None]]:
     out = {"resnet20 (shared weights, not fine-tuned on the JPEG copy)": (weights(20), "cifar_resnet20")}
     student = distilled_student()
     if student:
-        out["mobilenet_v2 x0.5 student"] = (student, None)
+        out[f"mobilenet_v2 student ({student.parent.name})"] = (student, None)
     pruned = WORK / "compress" / "run_x86" / "stages" / "01_prune" / "model.pt"
     if pruned.exists():
         out["resnet56 pruned 2x"] = (pruned, None)

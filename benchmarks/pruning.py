@@ -253,7 +253,7 @@ def main() -> None:
             r56, "r56_latency_int8", args, ratio=0.7, kd=True, latency_aware=True, latency_precision="int8")
     mbv2 = None if args.no_student else student()
     if mbv2 is not None:
-        name = ("MobileNetV2 student (benchmarks/distill.py's KD student)" if mbv2 == distilled_student() else
+        name = (f"MobileNetV2 student (benchmarks/distill.py's KD student, {mbv2.parent.name})" if mbv2 == distilled_student() else
                 "MobileNetV2 x0.5 (benchmarks/quantization.py's float model: no distilled student yet)")
         models[name] = {"unpruned": mbv2,
                         "1.5x fewer MACs + recovery": pruned(
