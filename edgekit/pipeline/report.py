@@ -92,9 +92,13 @@ def render_report(report: dict) -> str:
     if best:
         ref = [r for r in base_rows.values() if r["backend"] == best["backend"]]
         ref_best = min(ref, key=lambda r: r["latency_ms_p50"]) if ref else None
-        speed = (f"; {ref_best['latency_ms_p50'] / best['latency_ms_p50']:.2f}x faster than the input model's fastest "
-                 f"{best['backend']} artifact ({ref_best['precision']}, {ref_best['latency_ms_p50']:.3f} ms, "
-                 f"{ref_best['top1']:.2f}%)" if ref_best and which == "compressed model" else "")
+        speed = ""
+        if ref_best and which == "compressed model":
+            ratio = ref_best["latency_ms_p50"] / best["latency_ms_p50"]
+            # a compressed model can be slower (a pruned + INT8 model against the input's own INT8)
+            pace = f"{ratio:.2f}x faster than" if ratio >= 1 else f"{1 / ratio:.2f}x slower than"
+            speed = (f"; {pace} the input model's fastest {best['backend']} artifact ({ref_best['precision']}, "
+                     f"{ref_best['latency_ms_p50']:.3f} ms, {ref_best['top1']:.2f}%)")
         md += [f"**Result:** {best['backend']} {best['precision']} ({which}): "
                f"{best['top1']:.2f}% top-1 (drop {best['details']['drop']:.2f}), {best['latency_ms_p50']:.3f} ms p50 at "
                f"batch 1, {best['threads']} thread(s){speed}. File: `{best['details'].get('artifact')}`.", ""]
