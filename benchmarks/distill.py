@@ -151,9 +151,9 @@ def main() -> None:
     # a teacher fine-tuned longer than the first runs' 3 epochs gets its own folders (teacher and
     # KD run), so it never resumes from, or overwrites, a committed run's teacher or record
     t_tag = "" if args.teacher_epochs == 3 else f"_t{args.teacher_epochs}"
+    t_dir = "teacher" if args.teacher_epochs == 3 else f"teacher_e{args.teacher_epochs}"
     (teacher, t_sec) = _timed(lambda: finetune(weights(56), arch="cifar_resnet56", data=CIFAR,
-                                               out=work / f"teacher{t_tag.replace('_t', '_e')}", config=t_cfg,
-                                               resume=True))
+                                               out=work / t_dir, config=t_cfg, resume=True))
     s_cfg = TrainConfig(epochs=args.student_epochs, batch_size=128, lr=0.05, warmup_epochs=1, seed=0)
     kd_name = "KD" if args.loss == "kd" else f"DKD (beta {args.beta:g})"
     kd_dir = ("KD" if args.loss == "kd" else f"DKD_b{args.beta:g}_wu{args.kd_warmup:g}") + t_tag

@@ -12,7 +12,7 @@ into a temporary folder outside the project, read as torchvision's ImageNet mode
 the split's own decoder) so the cost can be read against a model's step time.
 
     python benchmarks/streaming.py [--images 1024] [--models mobilenet_v3_small,mobilenet_v2]
-        [--epochs 3] [--rounds 2]
+        [--epochs 3] [--rounds 3]
 
 Writes benchmarks/results/streaming.{json,md}.
 """
@@ -36,8 +36,11 @@ from edgekit._io import atomic_write_json, atomic_write_text
 from edgekit.data import load_dataset
 from edgekit.data.split import MEMORY_ENV, _decode_all, _decode_one
 from edgekit.env import environment
+from edgekit.errors import EdgekitError
 from edgekit.models import get_model
 from edgekit.train import Supervised, TrainConfig, train
+
+SIZE, RESIZE = (3, 224, 224), 256  # how torchvision's ImageNet models read their photos
 
 
 def make_photos(dest: Path, n_train: int, n_eval: int, size: tuple[int, int], grain: float) -> float:
@@ -65,10 +68,10 @@ def decoder_speed(split, n: int = 512) -> dict:
     paths = [str(p) for p in split.paths[:n]]
     t0 = time.perf_counter()
     for p in paths:
-        _decode_one(p, split.input_size, 256)
+        _decode_one(p, split.input_size, RESIZE)
     one = len(paths) / (time.perf_counter() - t0)
     t0 = time.perf_counter()
-    _decode_all(paths, split.input_size, 256)
+    _decode_all(paths, split.input_size, RESIZE)
     pooled = len(paths) / (time.perf_counter() - t0)
     return {"decode_1thread_img_s": round(one, 1), "decode_split_img_s": round(pooled, 1)}
 
@@ -78,7 +81,7 @@ def run_once(arch: str, data: Path, streamed: bool, cfg: TrainConfig, run_dir: P
     old = os.environ.get(MEMORY_ENV)
     os.environ[MEMORY_ENV] = "0" if streamed else "1000"
     try:
-        ds = load_dataset(data, input_size=(3, 224, 224), resize=256)
+        ds = load_dataset(data, input_size=SIZE, resize=RESIZE)
         assert ds.train.streamed is streamed and ds.eval.streamed is streamed
     finally:
         if old is None:
@@ -91,27 +94,50 @@ def run_once(arch: str, data: Path, streamed: bool, cfg: TrainConfig, run_dir: P
     return [h["images_per_s"] for h in res.history[1:]]
 
 
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        if not text.isdigit() or int(text) < low:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {text!r}")
+        return int(text)
+    return parse
+
+
+def _photo(text: str) -> tuple[int, int]:
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(v.isdigit() and int(v) >= 32 for v in parts):
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT in pixels (each >= 32), e.g. 500x375, got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=1024, help="train images (class-balanced)")
-    ap.add_argument("--eval-images", type=int, default=100)
-    ap.add_argument("--photo", default="500x375", help="upscaled JPEG size WxH (ImageNet's typical photo)")
+    ap.add_argument("--images", type=_at_least(10), default=1024, help="train images (class-balanced)")
+    ap.add_argument("--eval-images", type=_at_least(10), default=100, help="held-out images (evaluated each epoch)")
+    ap.add_argument("--photo", type=_photo, default=(500, 375), help="upscaled JPEG size WxH (default 500x375: "
+                    "ImageNet's typical photo)")
     ap.add_argument("--grain", type=float, default=16.0, help="Gaussian grain (pixel std) added to each photo")
-    ap.add_argument("--models", default="mobilenet_v3_small,mobilenet_v2")
-    ap.add_argument("--epochs", type=int, default=3, help="per run; the first is not counted")
-    ap.add_argument("--rounds", type=int, default=2, help="kept/streamed pairs per model")
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--models", default="mobilenet_v3_small,mobilenet_v2", help="zoo names, comma-separated")
+    ap.add_argument("--epochs", type=_at_least(2), default=3, help="per run; the first is not counted")
+    ap.add_argument("--rounds", type=_at_least(1), default=3, help="kept/streamed pairs per model")
+    ap.add_argument("--batch", type=_at_least(1), default=64, help="training batch")
     args = ap.parse_args()
+    if args.grain < 0:
+        ap.error(f"argument --grain: expected a pixel std >= 0, got {args.grain:g}")
+    for arch in args.models.split(","):  # an unknown name fails here, not after the photos are made
+        try:
+            get_model(arch, num_classes=10)
+        except EdgekitError as e:
+            ap.error(f"argument --models: {e}")
     require_shared()
     torch.set_num_threads(os.cpu_count() or 1)
-    w, h = (int(v) for v in args.photo.split("x"))
+    w, h = args.photo
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=0.01, eval_batch_size=args.batch)
     tmp = Path(tempfile.mkdtemp(prefix="edgekit-streaming-"))
     rows = []
     try:
         data = tmp / "photos"
         kib = make_photos(data, args.images, args.eval_images, (w, h), args.grain)
-        ds = load_dataset(data, input_size=(3, 224, 224), resize=256)
+        ds = load_dataset(data, input_size=SIZE, resize=RESIZE)
         dec = decoder_speed(ds.train)
         print(f"decoder: {dec}", flush=True)
         for arch in args.models.split(","):

@@ -299,8 +299,10 @@ def test_levit_int8_compiles_and_runs_on_openvino(tmp_path):
 def test_levit_ptq_deploys_on_openvino_and_reloads(tmp_path, cifar_dir):
     """The quantize stage folds LeViT's BatchNorm1d layers (it knows the input size), OpenVINO
     runs the result in INT8 and verifies it on real images, and the checkpoint replays the folds
-    on reload: same outputs."""
+    on reload: the same top-1 on the same images."""
     from edgekit.models import save_model
+    from edgekit.quant import spec_of
+    from edgekit.train import evaluate_top1
 
     module, card = _levit_as_trained(num_classes=10)
     src = save_model(module, card, tmp_path / "levit.pt")
@@ -310,9 +312,6 @@ def test_levit_ptq_deploys_on_openvino_and_reloads(tmp_path, cifar_dir):
     rows = {r.backend: r for r in res.rows}
     assert rows["openvino"].status == "ok", rows["openvino"].details.get("reason")
     assert re.search(r"[ui]8 x\d+", rows["openvino"].details["executed"]), rows["openvino"].details["executed"]
-    from edgekit.quant import spec_of
-    from edgekit.train import evaluate_top1
-
     again = edgekit.load_model(res.model_path)
     assert set(_linear_norm_bns(module)) <= set(spec_of(again.module).folded_bn)
     split = load_dataset(cifar_dir, input_size=card.input_size, resize=card.resize).evaluation(48)

@@ -179,11 +179,11 @@ def fold_batchnorm(model: nn.Module) -> list[str]:
 
 
 def _fold_batchnorm(model: nn.Module, gm: fx.GraphModule, input_size: Sequence[int] | None = None,
-                    linear_bn: Iterable[str] | None = None) -> list[str]:
+                    replay: Iterable[str] | None = None) -> list[str]:
     from torch.nn.utils.fusion import fuse_conv_bn_weights
 
     mods = dict(model.named_modules())
-    folded = _fold_linear_bn(model, gm, input_size, linear_bn)
+    folded = _fold_linear_bn(model, gm, input_size, replay)
     for node in gm.graph.nodes:
         if node.op != "call_module" or not isinstance(mods.get(node.target), nn.BatchNorm2d):
             continue
