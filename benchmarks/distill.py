@@ -6,12 +6,14 @@ Resumable: every phase is a training run folder under benchmarks/work/distill/ a
 the script continues where it stopped. Writes benchmarks/results/distill.{json,md}.
 
     python benchmarks/distill.py [--teacher-epochs 3] [--student-epochs 10] [--width 0.5] [--throughput-only]
-        [--loss dkd --beta 8 --kd-warmup 5] [--teacher-bf16] [--labels-only-record JSON] [--kd-record JSON]
+        [--loss dkd --beta 8 --kd-warmup 5] [--feature auto [--feature-weight 1]] [--teacher-bf16]
+        [--labels-only-record JSON] [--kd-record JSON]
 
 --labels-only-record takes a committed labels-only run's summary (distill_labels_only_*_summary.json)
 instead of training it again: it is used only if its training config equals this run's and its
 student started from the same accuracy (the same initial weights). --kd-record adds a committed
-Hinton-KD run as a row beside a --loss dkd run.
+Hinton-KD run as a row beside a --loss dkd or --feature run. --feature adds the feature-map term
+(a learned 1x1 projection, relative MSE) to the KD loss: 'auto' or STUDENT_MODULE:TEACHER_MODULE.
 """
 
 from __future__ import annotations
@@ -135,6 +137,8 @@ def main() -> None:
     ap.add_argument("--loss", choices=("kd", "dkd"), default="kd")
     ap.add_argument("--beta", type=float, default=8.0, help="dkd: NCKD weight")
     ap.add_argument("--kd-warmup", type=float, default=0.0, help="dkd: epochs over which the KD terms ramp up")
+    ap.add_argument("--feature", default=None, help="feature distillation pair: auto or STUDENT:TEACHER")
+    ap.add_argument("--feature-weight", type=float, default=1.0)
     ap.add_argument("--teacher-bf16", action="store_true", help="run the teacher in bfloat16 autocast")
     ap.add_argument("--labels-only-record", type=Path, default=None)
     ap.add_argument("--kd-record", type=Path, default=None)
@@ -157,13 +161,17 @@ def main() -> None:
     s_cfg = TrainConfig(epochs=args.student_epochs, batch_size=128, lr=0.05, warmup_epochs=1, seed=0)
     kd_name = "KD" if args.loss == "kd" else f"DKD (beta {args.beta:g})"
     kd_dir = ("KD" if args.loss == "kd" else f"DKD_b{args.beta:g}_wu{args.kd_warmup:g}") + t_tag
+    if args.feature:  # its own folder: a feature run never resumes from a plain KD run
+        kd_name += f" + features ({args.feature}, weight {args.feature_weight:g})"
+        kd_dir += f"_feat{args.feature.replace(':', '-').replace('.', '')}_fw{args.feature_weight:g}"
     runs = {}
     # KD first: it is the run the targets are about; the folder names carry the schedule so a
     # longer re-run never resumes from a shorter run's checkpoints.
     runs[kd_name] = _timed(lambda: distill(
         teacher.best_path, student=student, data=CIFAR, out=work / f"{kd_dir}_w{args.width}_e{args.student_epochs}",
         temperature=args.temperature, alpha=args.alpha, loss=args.loss, beta=args.beta,
-        kd_warmup_epochs=args.kd_warmup, teacher_bf16=args.teacher_bf16, config=s_cfg, resume=True))
+        kd_warmup_epochs=args.kd_warmup, teacher_bf16=args.teacher_bf16, feature=args.feature,
+        feature_weight=args.feature_weight, config=s_cfg, resume=True))
     kd_res = runs[kd_name][0]
     # the per-epoch record, committed so a later run can be compared with (or reuse) this one
     summary = json.loads((kd_res.run_dir / "summary.json").read_text())
@@ -180,8 +188,9 @@ def main() -> None:
         lo_row = _row(f"MobileNetV2-32 x{args.width} labels only", res.best_path, res, sec, args.student_epochs)
     rows.append({**lo_row, "role": "student"})
     if args.kd_record:
-        rows.append({**_record_row(args.kd_record, f"MobileNetV2-32 x{args.width} KD (Hinton, committed run"
-                                   + (", 3-epoch teacher)" if t_tag else ")"),
+        # named by its record: which teacher it had is in the record's file name, not in its fields
+        rows.append({**_record_row(args.kd_record, f"MobileNetV2-32 x{args.width} KD (Hinton, committed "
+                                   f"record {args.kd_record.stem.removeprefix('distill_')})",
                                    student, s_cfg, kd_res.initial_top1), "role": "student"})
     res, sec = runs[kd_name]
     rows.append({**_row(f"MobileNetV2-32 x{args.width} {kd_name}", res.best_path, res, sec,
@@ -270,6 +279,8 @@ def _objective_note(obj: dict | None) -> str:
                 f"KD terms ramped over {obj['warmup_epochs']:g} epochs")
     else:
         text = f"T={obj['temperature']}, alpha={obj['alpha']}"
+    if obj.get("feature"):
+        text += f", feature pair {obj['feature']} (relative MSE, weight {obj['feature_weight']:g})"
     return text + (", teacher in bf16 autocast" if obj.get("teacher_precision") == "bf16" else "")
 
 
