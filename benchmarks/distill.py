@@ -138,7 +138,8 @@ def main() -> None:
     ap.add_argument("--beta", type=float, default=8.0, help="dkd: NCKD weight")
     ap.add_argument("--kd-warmup", type=float, default=0.0, help="dkd: epochs over which the KD terms ramp up")
     ap.add_argument("--feature", default=None, help="feature distillation pair: auto or STUDENT:TEACHER")
-    ap.add_argument("--feature-weight", type=float, default=1.0)
+    ap.add_argument("--feature-weight", type=float, default=1.0,
+                    help="weight of the feature term (relative MSE) against the KD loss")
     ap.add_argument("--teacher-bf16", action="store_true", help="run the teacher in bfloat16 autocast")
     ap.add_argument("--labels-only-record", type=Path, default=None)
     ap.add_argument("--kd-record", type=Path, default=None)
@@ -146,6 +147,11 @@ def main() -> None:
                     help="only the engine-vs-bare-loop timing (both layouts), a few minutes; "
                          "writes distill_throughput.{json,md}")
     args = ap.parse_args()
+    # refused here, not after the teacher's fine-tune
+    if args.feature and args.feature != "auto" and ":" not in args.feature:
+        ap.error(f"--feature {args.feature}: pass 'auto' or STUDENT_MODULE:TEACHER_MODULE")
+    if args.feature_weight <= 0:
+        ap.error(f"--feature-weight {args.feature_weight:g}: must be > 0 (leave --feature out for plain KD)")
     require_shared()
     work = WORK / "distill"
     student = f"cifar_mobilenet_v2:width={args.width}"

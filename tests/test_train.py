@@ -149,6 +149,8 @@ def test_dkd_is_hinton_kd_decoupled(resnet20_path, cifar_dir):
     assert not labels_only.uses_teacher
     with pytest.raises(InputError, match="unknown distillation loss 'dk'"):
         DistillObjective(student, teacher, loss="dk")
+    with pytest.raises(InputError, match="feature weight >= 0"):  # it would push the maps apart
+        DistillObjective(student, teacher, feature_weight=-1.0)
 
 
 def test_bf16_teacher_gives_the_same_soft_targets(resnet20_path, cifar_dir):

@@ -100,9 +100,10 @@ class DistillObjective(Objective):
         super().__init__()
         _check_loss(loss)
         alpha = _ALPHA[loss] if alpha is None else alpha
-        if temperature <= 0 or alpha < 0 or (loss == "kd" and alpha > 1) or beta < 0 or warmup_epochs < 0:
-            raise InputError("distillation needs temperature > 0, 0 <= alpha (<= 1 for kd), beta >= 0 "
-                             "and warm-up epochs >= 0")
+        if (temperature <= 0 or alpha < 0 or (loss == "kd" and alpha > 1) or beta < 0 or warmup_epochs < 0
+                or feature_weight < 0):
+            raise InputError("distillation needs temperature > 0, 0 <= alpha (<= 1 for kd), beta >= 0, "
+                             "warm-up epochs >= 0 and feature weight >= 0")
         self.model = student
         self._teacher = [teacher.eval().requires_grad_(False)]
         self.temperature, self.alpha, self.feature_weight = temperature, alpha, feature_weight
