@@ -213,7 +213,7 @@ def compare_cmd(a: Path = typer.Argument(..., help="First compress run."),
 
 
 def _train_config(epochs, batch_size, optimizer, lr, weight_decay, warmup, label_smoothing,
-                  grad_clip, no_augment, train_limit, eval_limit, seed):
+                  grad_clip, no_augment, train_limit, eval_limit, seed, precision="fp32"):
     from pydantic import ValidationError
 
     from .errors import InputError
@@ -224,7 +224,7 @@ def _train_config(epochs, batch_size, optimizer, lr, weight_decay, warmup, label
                            weight_decay=weight_decay, warmup_epochs=warmup,
                            label_smoothing=label_smoothing, grad_clip=grad_clip,
                            augment=not no_augment, train_limit=_limit(train_limit, "--train-limit"),
-                           eval_limit=_limit(eval_limit, "--eval-limit"), seed=seed)
+                           eval_limit=_limit(eval_limit, "--eval-limit"), seed=seed, precision=precision)
     except ValidationError as e:
         err = e.errors()[0]
         raise InputError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
@@ -242,6 +242,10 @@ CLIP = typer.Option(None, "--grad-clip", help="Clip the global gradient norm to 
 NOAUG = typer.Option(False, "--no-augment", help="Disable crop/flip augmentation.")
 TLIMIT = typer.Option(0, "--train-limit", help="Train on a seeded subset of N images (0 = all).")
 ELIMIT = typer.Option(0, "--eval-limit", help="Evaluate each epoch on N held-out images (0 = all).")
+PRECISION = typer.Option("fp32", "--precision", help="fp32, or bf16: forward passes in bfloat16 autocast "
+                         "(weights, gradients and losses stay fp32). Faster on AMX CPUs and Ampere+ GPUs "
+                         "for dense conv nets (a training epoch 1.6-1.8x as fast for CIFAR ResNets on an AMX Xeon); slower for "
+                         "MobileNets and on CPUs without native bf16.")
 
 
 def _print_training(res, what: str) -> None:
@@ -264,12 +268,12 @@ def finetune_cmd(model: str = MODEL, data: str = DATA,
                  weight_decay: float = WD, warmup_epochs: float = WARMUP,
                  label_smoothing: float = SMOOTH, grad_clip: Optional[float] = CLIP,
                  no_augment: bool = NOAUG, train_limit: int = TLIMIT, eval_limit: int = ELIMIT,
-                 seed: int = SEED, resume: bool = RESUME, trust_pickle: bool = TRUST) -> None:
+                 seed: int = SEED, precision: str = PRECISION, resume: bool = RESUME, trust_pickle: bool = TRUST) -> None:
     """Fine-tune a model on a dataset (works under torchrun for multi-process DDP)."""
     from .stages import finetune
 
     cfg = _train_config(epochs, batch_size, optimizer, lr, weight_decay, warmup_epochs,
-                        label_smoothing, grad_clip, no_augment, train_limit, eval_limit, seed)
+                        label_smoothing, grad_clip, no_augment, train_limit, eval_limit, seed, precision)
     res = finetune(model, data=data, out=out, arch=arch, num_classes=num_classes,
                    trust_pickle=trust_pickle, config=cfg, resume=resume)
     if _is_main():
@@ -301,12 +305,12 @@ def distill_cmd(teacher: str = typer.Option(..., "--teacher", help="Teacher mode
                 weight_decay: float = WD, warmup_epochs: float = WARMUP,
                 label_smoothing: float = SMOOTH, grad_clip: Optional[float] = CLIP,
                 no_augment: bool = NOAUG, train_limit: int = TLIMIT, eval_limit: int = ELIMIT,
-                seed: int = SEED, resume: bool = RESUME, trust_pickle: bool = TRUST) -> None:
+                seed: int = SEED, precision: str = PRECISION, resume: bool = RESUME, trust_pickle: bool = TRUST) -> None:
     """Distil a teacher into a small student from the zoo (Hinton KD or decoupled KD, optional feature KD)."""
     from .stages import distill
 
     cfg = _train_config(epochs, batch_size, optimizer, lr, weight_decay, warmup_epochs,
-                        label_smoothing, grad_clip, no_augment, train_limit, eval_limit, seed)
+                        label_smoothing, grad_clip, no_augment, train_limit, eval_limit, seed, precision)
     res = distill(teacher, student=student, data=data, out=out, teacher_arch=teacher_arch,
                   trust_pickle=trust_pickle, temperature=temperature, alpha=alpha, loss=loss, beta=beta,
                   kd_warmup_epochs=kd_warmup, teacher_bf16=teacher_bf16, feature=feature,
@@ -401,13 +405,13 @@ def prune_cmd(model: str = MODEL, data: str = DATA,
               weight_decay: float = WD, warmup_epochs: float = WARMUP, label_smoothing: float = SMOOTH,
               grad_clip: Optional[float] = CLIP, no_augment: bool = NOAUG, train_limit: int = TLIMIT,
               eval_limit: int = ELIMIT, arch: Optional[str] = ARCH, num_classes: Optional[int] = NUM_CLASSES,
-              seed: int = SEED, resume: bool = RESUME, trust_pickle: bool = TRUST) -> None:
+              seed: int = SEED, precision: str = PRECISION, resume: bool = RESUME, trust_pickle: bool = TRUST) -> None:
     """Prune channels or whole blocks for measured speed (or weights for sparsity), recover, and time the result."""
     from .inputs import parse_list
     from .stages import prune
 
     cfg = _train_config(epochs, batch_size, optimizer, lr, weight_decay, warmup_epochs,
-                        label_smoothing, grad_clip, no_augment, train_limit, eval_limit, seed)
+                        label_smoothing, grad_clip, no_augment, train_limit, eval_limit, seed, precision)
     res = prune(model, data=data, out=out, ratio=ratio, target_macs=target_macs,
                 target_latency_ms=target_latency_ms, sparsity=sparsity, drop_blocks=drop_blocks, importance=importance,
                 global_pruning=not per_layer, latency_aware=latency_aware,

@@ -306,9 +306,12 @@ def test_whole_module_pickle_needs_trust(tmp_path: Path, resnet20: tuple[nn.Modu
 
 # =========================================================================== save / round trips
 def _same_outputs(a: nn.Module, b: nn.Module, batch: int = 2) -> None:
-    x = torch.randn(batch, 3, 32, 32)
+    """Equal up to float32 rounding. Relative as well as absolute: a saved program run in chunks
+    of another batch size takes other oneDNN kernels, which on an AVX-512/AMX Xeon moved logits
+    of about 16 by 1.3e-5 (8e-7 relative), past a bare atol of 1e-5."""
+    x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        torch.testing.assert_close(a(x), b(x), rtol=0, atol=1e-5)
+        torch.testing.assert_close(a(x), b(x), rtol=1e-5, atol=1e-5)
 
 
 def test_checkpoint_round_trip(tmp_path: Path, resnet20: tuple[nn.Module, ModelCard]) -> None:

@@ -47,6 +47,17 @@ def test_bad_recipe_names_the_field(tmp_path, stages, field):
         load_recipe(_recipe(tmp_path, {"stages": stages}))
 
 
+def test_recipe_training_precision(tmp_path):
+    """bf16 is a training setting of the recipe; QAT still gets fp32 (its grid is float32)."""
+    from edgekit.pipeline.run import _config
+
+    with pytest.raises(ConfigError, match="train.precision"):
+        load_recipe(_recipe(tmp_path, {"train": {"precision": "fp16"}, "stages": [{"stage": "prune"}]}))
+    rec = load_recipe(_recipe(tmp_path, {"train": {"precision": "bf16"}, "stages": [{"stage": "prune"}]}))
+    assert _config(rec, 1, 0.01).precision == "bf16"
+    assert _config(rec, 1, 0.01, precision="fp32").precision == "fp32"
+
+
 def test_latency_goal_replaces_the_default_mac_goal_and_relaxes_on_retry():
     """A prune stage with target_latency_ms drops the default target_macs (one goal), and a budget
     miss retries it with 1.25x the latency each time."""

@@ -339,6 +339,10 @@ def test_relu6_model_runs_in_integer_kernels(cifar_dir, tmp_path, unsigned):
     """MobileNetV2's ReLU6 (ONNX Clip) must not keep ONNX Runtime from fusing its convolutions:
     all but the last conv (which feeds the float average pool) run as QLinearConv. Unsigned,
     a ReLU6 output's scale is held at 6/255 at most, so the clip never acts inside the grid."""
+    # a seeded init: this untrained model's logit margins are tiny (median about 0.05), and the
+    # init that the tests before it left in the global RNG once put 4 of 64 answers within
+    # rounding of a tie (93.75% agreement on an AVX-512/AMX Xeon; seeds 0-7 give 98.4-100% there)
+    torch.manual_seed(0)
     module, card = get_model("cifar_mobilenet_v2:width=0.5", num_classes=10)
     ds = load_dataset(cifar_dir, input_size=tuple(card.input_size))
     calib = [x for x, _ in ds.calibration(128, seed=0).batches(64, mean=card.mean, std=card.std)]

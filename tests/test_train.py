@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -327,3 +328,45 @@ def test_a_streamed_train_split_trains_the_same_model(tmp_path, resnet20_path, c
     assert mem.initial_top1 == stream.initial_top1
     assert not all(torch.equal(w_mem[k], v) for k, v in edgekit.load_model(
         resnet20_path, arch="cifar_resnet20").module.state_dict().items())  # it trained
+
+
+def test_bf16_precision_trains_in_bf16_and_saves_float32(tmp_path, resnet20_path, cifar_dir, monkeypatch):
+    """--precision bf16 runs the training forward in bfloat16 (seen at a conv's output), keeps
+    weights and losses float32, improves held-out accuracy like fp32, and a resume with the other
+    precision is refused; QAT refuses bf16 before loading any data."""
+    import edgekit.models
+    from edgekit.stages import quantize
+
+    seen = set()
+    load = edgekit.models.load_model
+
+    def load_and_watch(*a, **k):  # the real loader; records the first conv's output dtype in training
+        loaded = load(*a, **k)
+        loaded.module.conv1.register_forward_hook(lambda m, i, o: seen.add(o.dtype) if m.training else None)
+        return loaded
+
+    monkeypatch.setattr(edgekit.models, "load_model", load_and_watch)
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=0.01, train_limit=2000, eval_limit=1000, precision="bf16")
+    res = finetune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "bf16",
+                   config=cfg, progress=False)
+    assert seen == {torch.bfloat16}, seen
+    assert all(math.isfinite(h["train_loss"]) for h in res.history), res.history
+    assert res.history[-1]["eval_top1"] > res.initial_top1 + 0.5, (res.initial_top1, res.history)
+    sd = torch.load(res.last_path, weights_only=True)["state_dict"]
+    assert {v.dtype for v in sd.values() if v.is_floating_point()} == {torch.float32}
+    assert json.loads((tmp_path / "bf16" / "summary.json").read_text())["config"]["precision"] == "bf16"
+    with pytest.raises(InputError, match="precision"):
+        finetune(resnet20_path, arch="cifar_resnet20", data=cifar_dir, out=tmp_path / "bf16", resume=True,
+                 config=cfg.model_copy(update={"precision": "fp32"}), progress=False)
+    with pytest.raises(InputError, match="QAT trains in fp32"):
+        quantize(resnet20_path, arch="cifar_resnet20", data=tmp_path / "no-such-folder", out=tmp_path / "q",
+                 mode="qat", config=TrainConfig(epochs=1, precision="bf16"), backends="onnxruntime")
+    assert not (tmp_path / "q").exists()
+
+
+def test_unknown_precision_is_one_line(tmp_path, resnet20_path, cifar_dir):
+    r = subprocess.run(_cli(*_finetune_args(resnet20_path, cifar_dir, tmp_path / "p"), "--precision", "fp16"),
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "--precision" in r.stderr and "'fp32' or 'bf16'" in r.stderr, r.stderr
+    assert not (tmp_path / "p").exists()

@@ -30,6 +30,9 @@ class TrainSettings(_Strict):
     train_limit: int | None = Field(None, ge=1, description="seeded subset of train/ (quick runs)")
     hflip: bool = True
     seed: int = 0
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="finetune/prune/distill forward "
+                                               "passes in bf16 autocast (edgekit finetune --precision); "
+                                               "QAT always trains in fp32")
 
 
 class FinetuneStage(_Strict):

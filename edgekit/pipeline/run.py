@@ -84,7 +84,7 @@ def _config(recipe: Recipe, epochs: int, lr: float, **kw):
     from ..train import TrainConfig
     t = recipe.train
     return TrainConfig(epochs=epochs, lr=lr, batch_size=t.batch_size, train_limit=t.train_limit, hflip=t.hflip,
-                       seed=t.seed, **kw)
+                       seed=t.seed, **{"precision": t.precision, **kw})
 
 
 def _run_stage(spec, src: _Source, folder: Path, ctx: dict) -> Path:
@@ -119,7 +119,7 @@ def _run_stage(spec, src: _Source, folder: Path, ctx: dict) -> Path:
         return res.last_path
     res = quantize(src.path, data=data, out=folder, mode=spec.mode, bits=spec.bits, arch=src.arch,
                    trust_pickle=src.trust_pickle, config=_config(recipe, spec.epochs, spec.lr, weight_decay=0.0,
-                                                                       grad_clip=QAT_GRAD_CLIP),
+                                                                       grad_clip=QAT_GRAD_CLIP, precision="fp32"),
                    kd=spec.kd, calibration_images=ctx["profile"].calibration_images, limit=ctx["limit"],
                    # the budget is checked on the deployed runtime's file (_deployed_score), not the
                    # fake-quant torch model: integer rounding in the runtime flips low-margin images

@@ -166,7 +166,7 @@ class DistillObjective(Objective):
             return self.teacher_forward(x)
 
     def forward(self, x, y, index):
-        logits = self.model(x)
+        logits = self.model(x).float()  # losses in float32 under bf16 autocast
         ce = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         T = self.temperature
         if self.loss == "dkd":
@@ -182,7 +182,7 @@ class DistillObjective(Objective):
                               reduction="batchmean", log_target=True) * T * T
             loss = self.alpha * kd + (1 - self.alpha) * ce
         if self.feature:
-            s, t = self.projection(self._feats["s"]), self._feats["t"].detach().float()
+            s, t = self.projection(self._feats["s"]).float(), self._feats["t"].detach().float()
             # relative error: scale-free, so the weight means the same for any teacher
             rel = F.mse_loss(s, t) / t.pow(2).mean().clamp_min(1e-8)
             loss = loss + self.feature_weight * rel

@@ -94,6 +94,9 @@ def quantize(model: str | Path, *, data: str | Path, out: str | Path, mode: str 
         raise InputError("--max-drop must be >= 0 (top-1 points)")
     if data is None:
         raise InputError("quantization needs real images to calibrate on: pass --data DIR")
+    if mode == "qat" and config is not None and config.precision != "fp32":
+        raise InputError(f"QAT trains in fp32, not {config.precision}: its fake-quant scales and rounding "
+                         "are float32 (leave the precision at fp32 for the quantize stage)")
     if profile:
         from ..profiles import get_profile
         prof = get_profile(profile)

@@ -30,3 +30,9 @@ class TrainConfig(BaseModel):
     channels_last: bool = Field(True, description="NHWC memory layout while training: faster "
                                 "convolutions on x86 CPUs (oneDNN; 2x on MobileNetV2), same values; "
                                 "saved weights are in the default layout either way")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: forward passes in bfloat16 autocast; weights, gradients, optimizer "
+        "state, losses and evaluation stay float32. Pays where the hardware has bf16 matrix units "
+        "(AMX CPUs, Ampere and later GPUs) and the model is dense convolutions: epochs 1.6-1.8x as "
+        "fast for CIFAR ResNets on an AMX Xeon, but 0.7x for MobileNetV2 (depthwise) there "
+        "(benchmarks/results/precision.md). Not for QAT: its fake-quant grid is float32")

@@ -63,7 +63,7 @@ class Supervised(Objective):
         self.label_smoothing = label_smoothing
 
     def forward(self, x, y, index):
-        logits = self.model(x)
+        logits = self.model(x).float()  # the loss in float32 under bf16 autocast
         return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing), logits
 
 
@@ -112,6 +112,13 @@ def _layout(module: nn.Module, channels_last: bool) -> None:
     """Put the 4-D parameters (and a distillation teacher's, see DistillObjective._apply) in the
     NHWC or the default layout; values are unchanged."""
     module.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def _autocast(cfg: TrainConfig, device: torch.device) -> torch.autocast:
+    """The training forward's autocast context (disabled for fp32)."""
+    if cfg.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise InputError("--precision bf16: this GPU has no bfloat16 support; train in fp32")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
 
 
 def _same_config(saved: dict, cfg: TrainConfig) -> list[str]:
@@ -207,6 +214,7 @@ def train(objective: Objective, card: "ModelCard", train_split: "Split", eval_sp
             f"{train_split.nbytes / 2**30:.1f} GiB decoded) exceeds the memory budget: each epoch decodes "
             "it from the files again (set EDGEKIT_MAX_MEMORY_GB to change the budget)", highlight=False)
     norm = _normalizer(card, info.device, cfg.channels_last)
+    autocast = _autocast(cfg, info.device)
     best_path, last_path = run_dir / "best.pt", run_dir / "last.pt"
     if initial is None:
         initial, _ = evaluate_top1(model, eval_split, card, info, cfg.eval_batch_size)
@@ -227,7 +235,8 @@ def train(objective: Objective, card: "ModelCard", train_split: "Split", eval_sp
                 if cfg.augment:
                     x = augment_batch(x, gen, hflip=cfg.hflip)
                 y = labels[idx].to(info.device)
-                loss, logits = step_module(norm(x), y, idx)
+                with autocast:  # the forward only: backward follows the dtypes it recorded
+                    loss, logits = step_module(norm(x), y, idx)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip:
