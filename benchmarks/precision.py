@@ -27,6 +27,7 @@ from edgekit.env import environment
 from edgekit.models import get_model
 from edgekit.stages import distill, finetune
 from edgekit.train import TrainConfig
+from edgekit.train.engine import precision_policy
 
 MODELS = {  # name: (zoo name, fine-tuned from the shared weights of this depth, or None: fresh init, lr)
     "resnet20": ("cifar_resnet20", 20, 0.01),
@@ -45,7 +46,8 @@ def step_throughput(arch: str, rounds: int, steps: int = 8, batch: int = 128) ->
     y = torch.randint(0, 10, (batch,))
 
     def step(bf16: bool) -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # as the engine does
+        # the engine's own policy (autocast, and depthwise convolutions kept in float32 on the CPU)
+        with precision_policy(model, "bf16" if bf16 else "fp32", torch.device("cpu")) as autocast, autocast:
             out = model(x).float()
         loss = F.cross_entropy(out, y)
         opt.zero_grad()

@@ -243,9 +243,9 @@ NOAUG = typer.Option(False, "--no-augment", help="Disable crop/flip augmentation
 TLIMIT = typer.Option(0, "--train-limit", help="Train on a seeded subset of N images (0 = all).")
 ELIMIT = typer.Option(0, "--eval-limit", help="Evaluate each epoch on N held-out images (0 = all).")
 PRECISION = typer.Option("fp32", "--precision", help="fp32, or bf16: forward passes in bfloat16 autocast "
-                         "(weights, gradients and losses stay fp32). Faster on AMX CPUs and Ampere+ GPUs "
-                         "for dense conv nets (a training epoch 1.6-1.8x as fast for CIFAR ResNets on an AMX Xeon); slower for "
-                         "MobileNets and on CPUs without native bf16.")
+                         "(weights, gradients and losses stay fp32). Faster on AMX CPUs and Ampere+ GPUs: a "
+                         "training epoch 1.6-1.8x as fast for CIFAR ResNets on an AMX Xeon, 1.07x for "
+                         "MobileNetV2; can be slower on CPUs without native bf16.")
 
 
 def _print_training(res, what: str) -> None:

@@ -370,3 +370,29 @@ def test_unknown_precision_is_one_line(tmp_path, resnet20_path, cifar_dir):
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "--precision" in r.stderr and "'fp32' or 'bf16'" in r.stderr, r.stderr
     assert not (tmp_path / "p").exists()
+
+
+def test_bf16_policy_keeps_depthwise_convolutions_in_float32():
+    """Under bf16 on the CPU the engine runs grouped (depthwise) convolutions in float32, the
+    rest in bf16 (oneDNN's bf16 depthwise kernels made MobileNetV2 train at 0.72x of fp32); an
+    fp32 forward inside the policy (evaluation) is untouched, and the hooks leave with it."""
+    from edgekit.models import get_model
+    from edgekit.train.engine import precision_policy
+
+    model, _ = get_model("cifar_mobilenet_v2:width=0.5", num_classes=10)
+    dw = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1)
+    pw = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups == 1
+              and m.kernel_size == (1, 1))
+    seen = {}
+    for name, m in (("dw", dw), ("pw", pw)):
+        m.register_forward_hook(lambda _m, _i, o, name=name: seen.__setitem__(name, o.dtype))
+    x = torch.randn(2, 3, 32, 32)
+    with precision_policy(model, "bf16", torch.device("cpu")) as autocast:
+        with autocast:
+            out = model(x)
+            assert torch.is_autocast_enabled("cpu")  # restored after each depthwise conv
+        assert seen == {"dw": torch.float32, "pw": torch.bfloat16} and out.dtype == torch.bfloat16
+        model(x)  # as evaluation runs: no autocast, all float32, autocast still off after it
+        assert seen == {"dw": torch.float32, "pw": torch.float32} and not torch.is_autocast_enabled("cpu")
+    assert not torch.is_autocast_enabled("cpu")
+    assert not dw._forward_pre_hooks and len(dw._forward_hooks) == 1  # only the test's own

@@ -33,6 +33,6 @@ class TrainConfig(BaseModel):
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16: forward passes in bfloat16 autocast; weights, gradients, optimizer "
         "state, losses and evaluation stay float32. Pays where the hardware has bf16 matrix units "
-        "(AMX CPUs, Ampere and later GPUs) and the model is dense convolutions: epochs 1.6-1.8x as "
-        "fast for CIFAR ResNets on an AMX Xeon, but 0.7x for MobileNetV2 (depthwise) there "
+        "(AMX CPUs, Ampere and later GPUs): epochs 1.6-1.8x as fast for CIFAR ResNets on an AMX "
+        "Xeon, 1.07x for MobileNetV2, whose depthwise convolutions stay float32 on the CPU "
         "(benchmarks/results/precision.md). Not for QAT: its fake-quant grid is float32")
