@@ -48,7 +48,8 @@ def test_bad_recipe_names_the_field(tmp_path, stages, field):
 
 
 def test_recipe_training_precision(tmp_path):
-    """bf16 is a training setting of the recipe; QAT still gets fp32 (its grid is float32)."""
+    """bf16 is a training setting of the recipe, validated by name; a stage's own precision wins
+    over it, which is how run.py gives the quantize stage fp32 (QAT refuses bf16)."""
     from edgekit.pipeline.run import _config
 
     with pytest.raises(ConfigError, match="train.precision"):

@@ -119,10 +119,11 @@ def _layout(module: nn.Module, channels_last: bool) -> None:
 def precision_policy(module: nn.Module, precision: str, device: torch.device):
     """Yields the training forward's autocast context for `precision` (disabled for fp32).
 
-    Under bf16 on the CPU, grouped (depthwise) convolutions of `module` run in float32 while
-    the policy is active: oneDNN has no fast bf16 depthwise kernel, and MobileNetV2-32 trained
-    at 0.72x of its fp32 speed with them in bf16, 1.18x with them in float32 (AMX Xeon). The
-    hooks that do it are removed on exit, so the model leaves as it came."""
+    Under bf16 on the CPU, depthwise convolutions of `module` run in float32 while the policy
+    is active: oneDNN has no fast bf16 depthwise kernel, and a MobileNetV2-32 training step ran
+    at 0.71x of its fp32 speed with them in bf16, 1.14x with them in float32 (AMX Xeon,
+    benchmarks/precision.py). Other grouped convolutions (ResNeXt) were not measured and stay
+    bf16. The hooks that do it are removed on exit, so the model leaves as it came."""
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise InputError("--precision bf16: this GPU has no bfloat16 support; train in fp32")
     handles, saved = [], []
@@ -137,7 +138,7 @@ def precision_policy(module: nn.Module, precision: str, device: torch.device):
 
     if precision == "bf16" and device.type == "cpu":
         for m in module.modules():
-            if isinstance(m, nn.Conv2d) and m.groups > 1:
+            if isinstance(m, nn.Conv2d) and 1 < m.groups == m.in_channels:
                 handles += [m.register_forward_pre_hook(enter), m.register_forward_hook(leave)]
     try:
         yield torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
