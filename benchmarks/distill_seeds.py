@@ -58,6 +58,8 @@ def main() -> None:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         ap.error(f"--seeds {args.seeds}: pass integers separated by commas, e.g. 1,2")
+    if min(seeds) < 0 or args.student_epochs < 1 or args.width <= 0:
+        ap.error("--seeds must be >= 0, --student-epochs >= 1 and --width > 0")
     require_shared()
     tag = f"w{args.width}_e{args.student_epochs}"
     student = f"cifar_mobilenet_v2:width={args.width}"
