@@ -7,13 +7,16 @@ the script continues where it stopped. Writes benchmarks/results/distill.{json,m
 
     python benchmarks/distill.py [--teacher-epochs 3] [--student-epochs 10] [--width 0.5] [--throughput-only]
         [--loss dkd --beta 8 --kd-warmup 5] [--feature auto [--feature-weight 1]] [--teacher-bf16]
-        [--labels-only-record JSON] [--kd-record JSON]
+        [--labels-only-record JSON] [--kd-record JSON] [--seed 0]
 
 --labels-only-record takes a committed labels-only run's summary (distill_labels_only_*_summary.json)
 instead of training it again: it is used only if its training config equals this run's and its
 student started from the same accuracy (the same initial weights). --kd-record adds a committed
 Hinton-KD run as a row beside a --loss dkd or --feature run. --feature adds the feature-map term
 (a learned 1x1 projection, relative MSE) to the KD loss: 'auto' or STUDENT_MODULE:TEACHER_MODULE.
+--seed N (N > 0) trains the students with another seed (init, data order, augmentation; the teacher
+keeps seed 0) in run folders and records suffixed _sN, and writes distill_sN.{json,md}, so the
+committed seed-0 table is never overwritten.
 """
 
 from __future__ import annotations
@@ -143,6 +146,8 @@ def main() -> None:
     ap.add_argument("--teacher-bf16", action="store_true", help="run the teacher in bfloat16 autocast")
     ap.add_argument("--labels-only-record", type=Path, default=None)
     ap.add_argument("--kd-record", type=Path, default=None)
+    ap.add_argument("--seed", type=int, default=0,
+                    help="the students' seed; the teacher is fine-tuned at seed 0 whatever this is")
     ap.add_argument("--throughput-only", action="store_true",
                     help="only the engine-vs-bare-loop timing (both layouts), a few minutes; "
                          "writes distill_throughput.{json,md}")
@@ -152,6 +157,8 @@ def main() -> None:
         ap.error(f"--feature {args.feature}: pass 'auto' or STUDENT_MODULE:TEACHER_MODULE")
     if args.feature_weight <= 0:
         ap.error(f"--feature-weight {args.feature_weight:g}: must be > 0 (leave --feature out for plain KD)")
+    if args.seed < 0:
+        ap.error(f"--seed {args.seed}: must be >= 0")
     require_shared()
     work = WORK / "distill"
     student = f"cifar_mobilenet_v2:width={args.width}"
@@ -164,7 +171,9 @@ def main() -> None:
     t_dir = "teacher" if args.teacher_epochs == 3 else f"teacher_e{args.teacher_epochs}"
     (teacher, t_sec) = _timed(lambda: finetune(weights(56), arch="cifar_resnet56", data=CIFAR,
                                                out=work / t_dir, config=t_cfg, resume=True))
-    s_cfg = TrainConfig(epochs=args.student_epochs, batch_size=128, lr=0.05, warmup_epochs=1, seed=0)
+    s_cfg = TrainConfig(epochs=args.student_epochs, batch_size=128, lr=0.05, warmup_epochs=1, seed=args.seed)
+    # seed 0 keeps the committed names; another seed gets its own folders, records and table
+    s_tag = f"_w{args.width}_e{args.student_epochs}" + ("" if args.seed == 0 else f"_s{args.seed}")
     kd_name = "KD" if args.loss == "kd" else f"DKD (beta {args.beta:g})"
     kd_dir = ("KD" if args.loss == "kd" else f"DKD_b{args.beta:g}_wu{args.kd_warmup:g}") + t_tag
     if args.feature:  # its own folder: a feature run never resumes from a plain KD run
@@ -174,14 +183,14 @@ def main() -> None:
     # KD first: it is the run the targets are about; the folder names carry the schedule so a
     # longer re-run never resumes from a shorter run's checkpoints.
     runs[kd_name] = _timed(lambda: distill(
-        teacher.best_path, student=student, data=CIFAR, out=work / f"{kd_dir}_w{args.width}_e{args.student_epochs}",
+        teacher.best_path, student=student, data=CIFAR, out=work / f"{kd_dir}{s_tag}",
         temperature=args.temperature, alpha=args.alpha, loss=args.loss, beta=args.beta,
         kd_warmup_epochs=args.kd_warmup, teacher_bf16=args.teacher_bf16, feature=args.feature,
         feature_weight=args.feature_weight, config=s_cfg, resume=True))
     kd_res = runs[kd_name][0]
     # the per-epoch record, committed so a later run can be compared with (or reuse) this one
     summary = json.loads((kd_res.run_dir / "summary.json").read_text())
-    atomic_write_json(RESULTS / f"distill_{kd_dir}_w{args.width}_e{args.student_epochs}_summary.json", summary)
+    atomic_write_json(RESULTS / f"distill_{kd_dir}{s_tag}_summary.json", summary)
     rows = [{**_row("ResNet-56 (shared weights, fine-tuned)", teacher.best_path, teacher, t_sec,
                     args.teacher_epochs), "role": "teacher"}]
     if args.labels_only_record:
@@ -189,7 +198,7 @@ def main() -> None:
                              s_cfg, kd_res.initial_top1, alpha=0.0)
     else:
         res, sec = _timed(lambda: distill(
-            teacher.best_path, student=student, data=CIFAR, out=work / f"labels_only_w{args.width}_e{args.student_epochs}",
+            teacher.best_path, student=student, data=CIFAR, out=work / f"labels_only{s_tag}",
             temperature=args.temperature, alpha=0.0, config=s_cfg, resume=True))
         lo_row = _row(f"MobileNetV2-32 x{args.width} labels only", res.best_path, res, sec, args.student_epochs)
     rows.append({**lo_row, "role": "student"})
@@ -213,7 +222,8 @@ def main() -> None:
               "student_macs_well_under_half": rows[-1]["macs"] <= rows[0]["macs"] / 3}
     env = environment(teacher_config=t_cfg.model_dump(), student_config=s_cfg.model_dump(),
                       objective=kd_res.extra.get("objective"), threads=torch.get_num_threads())
-    atomic_write_json(RESULTS / "distill.json", {"rows": rows, "throughput": tp, "checks": checks,
+    out_name = "distill" if args.seed == 0 else f"distill_s{args.seed}"
+    atomic_write_json(RESULTS / f"{out_name}.json", {"rows": rows, "throughput": tp, "checks": checks,
                                                 "environment": env})
     md = ["# Distillation benchmark (CIFAR-10 JPEG copy: 50k train, 10k test, top-1 on test)", "",
           "| model | role | top-1 % (best) | final | start | params | MACs | epochs | train min |",
@@ -233,14 +243,14 @@ def main() -> None:
            f"{tp['teacher_bf16_img_s']} img/s ({tp['teacher_bf16_img_s'] / tp['teacher_fp32_img_s']:.2f}x); "
            f"bf16 moves its T=4 soft targets by a KL of {tp['teacher_bf16_kl_t4']:.1e} and keeps "
            f"{tp['teacher_bf16_argmax_agreement']:.2%} of its top-1 answers.", "",
-           f"Students: {_init_note(rows[1], rows[-1])}, same data order, augmentation (crop+flip), SGD lr {s_cfg.lr} cosine with "
+           f"Students: {_init_note(rows[1], rows[-1], args.seed)}, same data order, augmentation (crop+flip), SGD lr {s_cfg.lr} cosine with "
            f"{s_cfg.warmup_epochs} warm-up epoch; {kd_name}: {_objective_note(kd_res.extra.get('objective'))}. "
            f"Teacher: SGD lr {t_cfg.lr} cosine, {args.teacher_epochs} epochs.", "",
            *([f"Rows from committed records (not re-trained here): {', '.join(r['model'] for r in rows if r.get('record'))}; "
               "their config equals this run's and they started from the same accuracy.", ""]
              if any(r.get("record") for r in rows) else []),
            f"CPU {env['cpu']['model']}, {env['threads']} torch threads, torch {env['versions']['torch']}, {env['date']}.", ""]
-    atomic_write_text(RESULTS / "distill.md", "\n".join(md))
+    atomic_write_text(RESULTS / f"{out_name}.md", "\n".join(md))
     print("\n".join(md))
     print(json.dumps(checks))
 
@@ -290,10 +300,10 @@ def _objective_note(obj: dict | None) -> str:
     return text + (", teacher in bf16 autocast" if obj.get("teacher_precision") == "bf16" else "")
 
 
-def _init_note(labels_only: dict, kd: dict) -> str:
+def _init_note(labels_only: dict, kd: dict, seed: int = 0) -> str:
     """Same initial weights show as the same accuracy before training; say so only if it holds."""
     if labels_only["start_top1"] == kd["start_top1"]:
-        return "same initial weights (seed 0; equal top-1 before training)"
+        return f"same initial weights (seed {seed}; equal top-1 before training)"
     return (f"NOT the same initial weights (top-1 before training {labels_only['start_top1']:.2f} vs "
             f"{kd['start_top1']:.2f}: the runs began in different processes, and before commit dfb819a a "
             "student's init came from torch's global RNG state, not the seed)")
