@@ -141,6 +141,10 @@ def write_report(runs: dict[int, dict], student: str, epochs: int, tag: str, tra
     trained_on = prev.get("trained_on") or {str(t): prev["environment"]["cpu"]["model"]
                                             for t in prev.get("trained_here", [])}
     trained_on.update({str(t): env["cpu"]["model"] for t in trained})
+    for seed, s in runs.items():  # records from after the engine logged each epoch's CPU say it themselves
+        cpus = sorted({h["cpu"] for h in s["history"] if h.get("cpu")})
+        if cpus:
+            trained_on[str(seed)] = " + ".join(cpus)
     atomic_write_json(RESULTS / "distill_seeds.json", {"student": student, "labels_only": rows, "stats": stats,
                                                       "kd": kd_rows, "kd_means": kd_means, "trained_here": trained,
                                                       "trained_on": trained_on,

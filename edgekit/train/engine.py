@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from .._io import atomic_path, atomic_write_text
+from ..env import cpu_info
 from ..errors import InputError
 from ..progress import progress_bar
 from .augment import augment_batch
@@ -281,7 +282,9 @@ def train(objective: Objective, card: "ModelCard", train_split: "Split", eval_sp
             rec = {"epoch": epoch + 1, "train_loss": loss_sum / n_seen, "train_top1": 100 * n_correct / n_seen,
                    "eval_top1": top1, "eval_loss": eval_loss, "lr": sched.get_last_lr()[0],
                    "images_per_s": n_seen / seconds, "seconds": seconds, "train_images": int(n_seen),
-                   "world_size": info.world}
+                   "world_size": info.world,
+                   # per epoch: a resumed run may have run its epochs on different machines
+                   "cpu": cpu_info()["model"], "threads": torch.get_num_threads()}
             history.append(rec)
             improved = top1 > best
             best = max(best, top1)
