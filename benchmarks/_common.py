@@ -24,6 +24,12 @@ def weights(depth: int) -> Path:
     return next(WEIGHTS.glob(f"resnet{depth}-*.th"))
 
 
+def seed_suffix(seed: int) -> str:
+    """The run-folder and record-name suffix of distill.py's students at `seed` (seed 0 keeps the
+    committed names, so a run at another seed never resumes from or overwrites them)."""
+    return "" if seed == 0 else f"_s{seed}"
+
+
 def distilled_student() -> Path | None:
     """EDGEKIT_STUDENT (a checkpoint) when set; else the KD student of the longest finished
     benchmarks/distill.py run (summary.json marks a finished run; the newest among equally long

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import CIFAR, RESULTS, WORK, require_shared, weights
+from _common import CIFAR, RESULTS, WORK, require_shared, seed_suffix, weights
 
 import edgekit
 from edgekit._io import atomic_write_json, atomic_write_text
@@ -172,8 +172,7 @@ def main() -> None:
     (teacher, t_sec) = _timed(lambda: finetune(weights(56), arch="cifar_resnet56", data=CIFAR,
                                                out=work / t_dir, config=t_cfg, resume=True))
     s_cfg = TrainConfig(epochs=args.student_epochs, batch_size=128, lr=0.05, warmup_epochs=1, seed=args.seed)
-    # seed 0 keeps the committed names; another seed gets its own folders, records and table
-    s_tag = f"_w{args.width}_e{args.student_epochs}" + ("" if args.seed == 0 else f"_s{args.seed}")
+    s_tag = f"_w{args.width}_e{args.student_epochs}{seed_suffix(args.seed)}"
     kd_name = "KD" if args.loss == "kd" else f"DKD (beta {args.beta:g})"
     kd_dir = ("KD" if args.loss == "kd" else f"DKD_b{args.beta:g}_wu{args.kd_warmup:g}") + t_tag
     if args.feature:  # its own folder: a feature run never resumes from a plain KD run
@@ -222,7 +221,7 @@ def main() -> None:
               "student_macs_well_under_half": rows[-1]["macs"] <= rows[0]["macs"] / 3}
     env = environment(teacher_config=t_cfg.model_dump(), student_config=s_cfg.model_dump(),
                       objective=kd_res.extra.get("objective"), threads=torch.get_num_threads())
-    out_name = "distill" if args.seed == 0 else f"distill_s{args.seed}"
+    out_name = f"distill{seed_suffix(args.seed)}"
     atomic_write_json(RESULTS / f"{out_name}.json", {"rows": rows, "throughput": tp, "checks": checks,
                                                 "environment": env})
     md = ["# Distillation benchmark (CIFAR-10 JPEG copy: 50k train, 10k test, top-1 on test)", "",

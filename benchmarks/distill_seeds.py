@@ -24,7 +24,7 @@ import re
 import statistics
 
 import torch
-from _common import CIFAR, RESULTS, WORK, require_shared, weights
+from _common import CIFAR, RESULTS, WORK, require_shared, seed_suffix, weights
 
 from edgekit._io import atomic_write_json, atomic_write_text
 from edgekit.env import environment
@@ -77,10 +77,10 @@ def main() -> None:
     for seed in seeds:
         cfg = student_config(args.student_epochs, seed)
         res = distill(weights(56), teacher_arch="cifar_resnet56", student=student, data=CIFAR,
-                      out=WORK / "distill" / f"labels_only_{tag}" if seed == 0 else
-                      WORK / "distill" / f"labels_only_{tag}_s{seed}", alpha=0.0, config=cfg, resume=True)
+                      out=WORK / "distill" / f"labels_only_{tag}{seed_suffix(seed)}", alpha=0.0, config=cfg,
+                      resume=True)
         summary = json.loads((res.run_dir / "summary.json").read_text())
-        name = f"distill_labels_only_{tag}" + ("" if seed == 0 else f"_s{seed}") + "_summary.json"
+        name = f"distill_labels_only_{tag}{seed_suffix(seed)}_summary.json"
         atomic_write_json(RESULTS / name, summary)
         runs[seed] = summary
     # seed 0 from its committed record when it was not trained here
@@ -90,14 +90,9 @@ def main() -> None:
     write_report(runs, student, args.student_epochs, tag, trained=seeds)
 
 
-def _seed_suffix(seed: int) -> str:
-    """distill.py's record-name suffix for a student seed (seed 0 keeps the committed names)."""
-    return "" if seed == 0 else f"_s{seed}"
-
-
 def kd_records(seed: int, tag: str) -> dict[str, dict]:
     """distill.py's KD records (Hinton, DKD, + features) at `seed`, keyed by run name without the seed."""
-    end = f"_{tag}{_seed_suffix(seed)}_summary"
+    end = f"_{tag}{seed_suffix(seed)}_summary"
     return {p.stem.removeprefix("distill_").removesuffix(end): json.loads(p.read_text())
             for p in sorted(RESULTS.glob(f"distill_*KD*{end}.json"))}
 
@@ -114,7 +109,7 @@ def write_report(runs: dict[int, dict], student: str, epochs: int, tag: str, tra
                      "wall_min": round(sum(h["seconds"] for h in s["history"]) / 60, 1)})
     finals = [r["final_top1"] for r in rows]
     # KD students of distill.py, same schedule, each against the labels-only run of its own seed
-    kd_rows = [{"run": f"{k}_{tag}{_seed_suffix(seed)}", "what": _kd_what(f"{k}_{tag}", v["objective"]), "seed": seed,
+    kd_rows = [{"run": f"{k}_{tag}{seed_suffix(seed)}", "what": _kd_what(f"{k}_{tag}", v["objective"]), "seed": seed,
                 "final_top1": v["history"][-1]["eval_top1"],
                 "vs_labels_only_same_seed": round(v["history"][-1]["eval_top1"] - runs[seed]["history"][-1]["eval_top1"], 2),
                 "vs_labels_only_mean": round(v["history"][-1]["eval_top1"] - statistics.mean(finals), 2)}
@@ -135,7 +130,8 @@ def write_report(runs: dict[int, dict], student: str, epochs: int, tag: str, tra
              "stdev": round(statistics.stdev(finals), 2) if len(finals) > 1 else None}
     env = environment(student_config=student_config(epochs).model_dump(),
                       threads=torch.get_num_threads())
-    # which CPU trained each labels-only seed here (the records do not say): kept across runs
+    # which CPU trained each labels-only seed here (records older than the engine's per-epoch "cpu"
+    # field do not say): kept across runs
     prev_path = RESULTS / "distill_seeds.json"
     prev = json.loads(prev_path.read_text()) if prev_path.exists() else {}
     trained_on = prev.get("trained_on") or {str(t): prev["environment"]["cpu"]["model"]
